@@ -1,0 +1,32 @@
+"""twotower: Spark feature-engineering jobs and a TensorFlow trainer for two-tower recommenders."""
+from setuptools import find_packages, setup
+
+# Versions are chosen together: delta-spark 4.3.x is built for Spark 4.1 (its Maven artifact
+# is delta-spark_4.1_2.13, fetched by build/jars/pom.xml) and pins pyspark <= 4.1.1.
+SPARK = ["pyspark>=4.1.1,<4.2", "delta-spark>=4.3.1,<4.4"]
+CORE = [
+    "pyarrow>=15,<27",
+    "numpy>=1.26,<3",
+    "pandas>=2.2,<3",
+    "scikit-learn>=1.4,<2",
+    "click>=8.1,<9",
+    "google-crc32c>=1.5,<2",
+]
+
+setup(
+    name="twotower",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["twotower_features*", "twotower_model*"]),
+    py_modules=[],
+    package_data={"twotower_features": ["experiments/*.toml"]},
+    install_requires=SPARK + CORE,
+    extras_require={
+        # The trainer runs on CPU or GPU. `tensorflow` on a GPU box, `tensorflow-cpu` elsewhere.
+        "train": ["tensorflow>=2.16,<2.22"],
+        "train-cpu": ["tensorflow-cpu>=2.16,<2.22"],
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],
+    },
+    entry_points={"console_scripts": ["twotower=twotower_features.cli:main"]},
+)

@@ -1,0 +1,331 @@
+"""Experiment configuration: typed, frozen dataclasses validated on construction.
+
+A config file is TOML (read with the standard library's ``tomllib``); each table of the file is
+one dataclass below. Only the CLI and the job files load files; the library receives a
+``ExperimentConfig``. The resolved config (every default filled in) is saved as JSON next to
+every output, and its hash names the data it produced.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+WEIGHT_SCHEMES = ("none", "engagement_tiers", "sqrt_time_spent")
+EMBEDDING_SOURCES = ("dedup", "simclr")
+HISTORY_AGGREGATIONS = ("mean", "concat", "clusters")
+HEADS = ("dot", "cosine", "batchnorm")
+LOSSES = ("bce", "softmax")
+TOWERS = ("user", "item")
+
+# Features a tower may use. The feature job writes the ones the experiment selects; the
+# trainer builds each tower from feature_spec.json.
+USER_FEATURES = (
+    "user_id",
+    "handset_maker",
+    "activity_profile",
+    "pos_hist_mean",
+    "neg_hist_mean",
+    "pos_hist_concat",
+    "neg_hist_concat",
+    "pos_hist_clusters",
+    "neg_hist_clusters",
+    "user_ctr",
+    "user_timespent",
+)
+ITEM_FEATURES = (
+    "item_id",
+    "creator_id",
+    "item_emb",
+    "item_performance",
+    "creator_performance",
+    "item_ctr",
+    "creator_ctr",
+)
+
+
+class ConfigError(ValueError):
+    """A config value is missing, of the wrong type or out of range; the message names it."""
+
+
+def _check(cond: bool, name: str, expected: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"config '{name}' must be {expected}, got {value!r}")
+
+
+def _date(name: str, value: Any) -> _dt.date:
+    if isinstance(value, _dt.date):
+        return value
+    try:
+        return _dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError(f"config '{name}' must be a date YYYY-MM-DD, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Train window = the `train_days` days before `validation_date`; validation = that day."""
+
+    validation_date: _dt.date = _dt.date(2026, 7, 5)
+    train_days: int = 7
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "validation_date", _date("window.validation_date", self.validation_date))
+        _check(isinstance(self.train_days, int) and self.train_days >= 1, "window.train_days", "an integer >= 1", self.train_days)
+
+    @property
+    def train_start(self) -> _dt.date:
+        return self.validation_date - _dt.timedelta(days=self.train_days)
+
+    @property
+    def train_end(self) -> _dt.date:
+        """Last train day, inclusive."""
+        return self.validation_date - _dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    item_min_interactions: int = 3
+    client_min_interactions: int = 4
+    client_max_interactions_per_7d: int = 2000
+    client_min_positives: int = 1
+    client_min_negatives: int = 1
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            _check(isinstance(v, int) and v >= 0, f"filters.{f.name}", "an integer >= 0", v)
+
+    def client_max_interactions(self, train_days: int) -> int:
+        """The cap scales with the window: 2000 per 7 days is 4000 for 14 days."""
+        return int(self.client_max_interactions_per_7d * train_days / 7)
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """`rule` is a Spark SQL boolean expression over the interaction contract's columns."""
+
+    rule: str = "liked OR shared OR fraction_watched > 0.8"
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.rule, str) and self.rule.strip() != "", "label.rule", "a non-empty SQL expression", self.rule)
+
+
+@dataclass(frozen=True)
+class WeightConfig:
+    scheme: str = "none"
+    sqrt_cap: float = 8.0
+
+    def __post_init__(self) -> None:
+        _check(self.scheme in WEIGHT_SCHEMES, "weight.scheme", f"one of {WEIGHT_SCHEMES}", self.scheme)
+        _check(isinstance(self.sqrt_cap, (int, float)) and self.sqrt_cap > 0, "weight.sqrt_cap", "a number > 0", self.sqrt_cap)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Deterministic user sampling by hash of (user_id, seed); optional class rebalancing."""
+
+    user_fraction: float = 1.0
+    seed: int = 42
+    # positives per negative wanted after downsampling the majority class; 0 = keep as observed
+    target_pos_neg_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.user_fraction, (int, float)) and 0 < self.user_fraction <= 1, "sampling.user_fraction", "a number in (0, 1]", self.user_fraction)
+        _check(isinstance(self.seed, int), "sampling.seed", "an integer", self.seed)
+        _check(isinstance(self.target_pos_neg_ratio, (int, float)) and self.target_pos_neg_ratio >= 0, "sampling.target_pos_neg_ratio", "a number >= 0", self.target_pos_neg_ratio)
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    n: int = 100
+    aggregations: tuple[str, ...] = ()
+    concat_k: int = 5
+    source: str = "simclr"
+    keep_lists: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aggregations", tuple(self.aggregations))
+        _check(isinstance(self.n, int) and 1 <= self.n <= 1000, "history.n", "an integer in [1, 1000]", self.n)
+        for a in self.aggregations:
+            _check(a in HISTORY_AGGREGATIONS, "history.aggregations", f"a list of {HISTORY_AGGREGATIONS}", self.aggregations)
+        _check(isinstance(self.concat_k, int) and 1 <= self.concat_k <= self.n, "history.concat_k", "an integer in [1, history.n]", self.concat_k)
+        _check(self.source in EMBEDDING_SOURCES, "history.source", f"one of {EMBEDDING_SOURCES}", self.source)
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    item_source: str = "dedup"
+    pca_components: int = 128
+    kmeans_k: int = 18
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        _check(self.item_source in EMBEDDING_SOURCES, "embeddings.item_source", f"one of {EMBEDDING_SOURCES}", self.item_source)
+        _check(isinstance(self.pca_components, int) and self.pca_components >= 1, "embeddings.pca_components", "an integer >= 1", self.pca_components)
+        _check(isinstance(self.kmeans_k, int) and self.kmeans_k >= 2, "embeddings.kmeans_k", "an integer >= 2", self.kmeans_k)
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    user: tuple[str, ...] = ("user_id",)
+    item: tuple[str, ...] = ("item_id", "item_emb")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user", tuple(self.user))
+        object.__setattr__(self, "item", tuple(self.item))
+        for f in self.user:
+            _check(f in USER_FEATURES, "features.user", f"a list of {USER_FEATURES}", list(self.user))
+        for f in self.item:
+            _check(f in ITEM_FEATURES, "features.item", f"a list of {ITEM_FEATURES}", list(self.item))
+        _check(len(self.user) > 0, "features.user", "a non-empty list", list(self.user))
+        _check(len(self.item) > 0, "features.item", "a non-empty list", list(self.item))
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    tfrecord_shards: int = 4
+    # the examples table keeps pos_history/neg_history id lists (audit); off at scale
+    vocabulary_min_count: int = 1
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.tfrecord_shards, int) and self.tfrecord_shards >= 1, "output.tfrecord_shards", "an integer >= 1", self.tfrecord_shards)
+        _check(isinstance(self.vocabulary_min_count, int) and self.vocabulary_min_count >= 1, "output.vocabulary_min_count", "an integer >= 1", self.vocabulary_min_count)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Bounds on bad input: the run fails before writing when they are exceeded."""
+
+    max_quarantine_share: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.max_quarantine_share, (int, float)) and 0 <= self.max_quarantine_share <= 1, "quality.max_quarantine_share", "a number in [0, 1]", self.max_quarantine_share)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    head: str = "dot"
+    loss: str = "bce"
+    embedding_dim: int = 32
+    hidden_units: tuple[int, ...] = (64,)
+    output_dim: int = 32
+    temperature: float = 0.1
+    epochs: int = 3
+    batch_size: int = 512
+    learning_rate: float = 0.01
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_units", tuple(self.hidden_units))
+        _check(self.head in HEADS, "model.head", f"one of {HEADS}", self.head)
+        _check(self.loss in LOSSES, "model.loss", f"one of {LOSSES}", self.loss)
+        for name in ("embedding_dim", "output_dim", "epochs", "batch_size"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 1, f"model.{name}", "an integer >= 1", v)
+        _check(all(isinstance(u, int) and u >= 1 for u in self.hidden_units), "model.hidden_units", "a list of integers >= 1", self.hidden_units)
+        _check(self.temperature > 0, "model.temperature", "a number > 0", self.temperature)
+        _check(self.learning_rate > 0, "model.learning_rate", "a number > 0", self.learning_rate)
+
+
+_SECTIONS = {
+    "window": WindowConfig,
+    "filters": FilterConfig,
+    "label": LabelConfig,
+    "weight": WeightConfig,
+    "sampling": SamplingConfig,
+    "history": HistoryConfig,
+    "embeddings": EmbeddingConfig,
+    "features": FeaturesConfig,
+    "output": OutputConfig,
+    "quality": QualityConfig,
+    "model": ModelConfig,
+}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "default"
+    description: str = ""
+    window: WindowConfig = field(default_factory=WindowConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    weight: WeightConfig = field(default_factory=WeightConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    embeddings: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.name, str) and self.name.strip() != "", "name", "a non-empty string", self.name)
+        hist_feats = {f for f in self.features.user if "_hist_" in f}
+        needed = {"mean": {"pos_hist_mean", "neg_hist_mean"}, "concat": {"pos_hist_concat", "neg_hist_concat"}, "clusters": {"pos_hist_clusters", "neg_hist_clusters"}}
+        for agg, names in needed.items():
+            if hist_feats & names and agg not in self.history.aggregations:
+                raise ConfigError(f"config 'features.user' uses {sorted(hist_feats & names)} but 'history.aggregations' lacks {agg!r}")
+
+    # ---- (de)serialisation -------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
+        unknown = set(data) - set(_SECTIONS) - {"name", "description"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(_SECTIONS)}")
+        kwargs: dict[str, Any] = {k: data[k] for k in ("name", "description") if k in data}
+        for section, klass in _SECTIONS.items():
+            values = data.get(section, {})
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"config section '{section}' must be a table, got {values!r}")
+            known = {f.name for f in fields(klass)}
+            bad = set(values) - known
+            if bad:
+                raise ConfigError(f"unknown key(s) {sorted(bad)} in config section '{section}'; expected {sorted(known)}")
+            kwargs[section] = klass(**values)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ExperimentConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        def conv(v: Any) -> Any:
+            if isinstance(v, _dt.date):
+                return v.isoformat()
+            if isinstance(v, tuple):
+                return [conv(x) for x in v]
+            if isinstance(v, dict):
+                return {k: conv(x) for k, x in v.items()}
+            return v
+
+        return conv(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **sections: Any) -> "ExperimentConfig":
+        """A copy with whole sections or top-level fields replaced."""
+        return dataclasses.replace(self, **sections)
+
+    def data_hash(self) -> str:
+        """Hash of everything that decides the feature outputs (not the model section)."""
+        d = self.to_dict()
+        for k in ("name", "description", "model"):
+            d.pop(k, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
