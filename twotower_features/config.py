@@ -134,8 +134,11 @@ class SamplingConfig:
     seed: int = 42
     # positives per negative wanted after downsampling the majority class; 0 = keep as observed
     target_pos_neg_ratio: float = 0.0
+    # sample the validation day's users too (the seed sampled its training data only)
+    validation: bool = False
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.validation, bool), "sampling.validation", "true or false", self.validation)
         _check(isinstance(self.user_fraction, (int, float)) and 0 < self.user_fraction <= 1, "sampling.user_fraction", "a number in (0, 1]", self.user_fraction)
         _check(isinstance(self.seed, int), "sampling.seed", "an integer", self.seed)
         _check(isinstance(self.target_pos_neg_ratio, (int, float)) and self.target_pos_neg_ratio >= 0, "sampling.target_pos_neg_ratio", "a number >= 0", self.target_pos_neg_ratio)

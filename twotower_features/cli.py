@@ -1,0 +1,207 @@
+"""`twotower`: one click group; every Spark stage also runs as `spark-submit jobs/<stage>.py`.
+
+Only this module (and the job files that call it) reads config files; the library receives
+`ExperimentConfig` objects. TensorFlow is imported lazily, by the train/evaluate commands only.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .config import ConfigError, ExperimentConfig
+
+EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
+
+
+def load_config(value: str) -> ExperimentConfig:
+    """A config file path, or the name of a config in the package's experiments folder."""
+    p = Path(value)
+    if not p.is_file():
+        candidate = EXPERIMENTS_DIR / f"{value}.toml"
+        if candidate.is_file():
+            p = candidate
+        else:
+            names = sorted(x.stem for x in EXPERIMENTS_DIR.glob("*.toml"))
+            raise click.BadParameter(f"{value!r} is neither a file nor a known experiment {names}", param_hint="--config")
+    try:
+        return ExperimentConfig.from_file(p)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--config") from None
+
+
+def _spark(ctx: click.Context, app: str):
+    from .session import build_session, parse_conf
+
+    opts = ctx.find_root().params
+    try:
+        conf = parse_conf(opts.get("conf") or ())
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--conf") from None
+    return build_session(app, master=opts.get("master"), conf=conf)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--master", default=None, help="Spark master (default: local[*], or what spark-submit gives).")
+@click.option("--conf", multiple=True, metavar="KEY=VALUE", help="Extra Spark setting; repeatable.")
+def main(master: str | None, conf: tuple[str, ...]) -> None:
+    """Feature jobs, trainer and evaluator for two-tower recommenders."""
+
+
+# ------------------------------------------------------------------------------ generate
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the input tables.")
+@click.option("--users", default=2000, show_default=True, type=click.IntRange(1))
+@click.option("--items", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--days", default=18, show_default=True, type=click.IntRange(1))
+@click.option("--start", default="2026-06-18", show_default=True, help="First day (YYYY-MM-DD).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--embedding-dim", default=256, show_default=True, type=click.IntRange(2))
+@click.option("--bad-row-share", default=0.0, show_default=True, type=click.FloatRange(0, 0.5), help="Share of contract-breaking rows to inject.")
+@click.pass_context
+def generate(ctx, out, users, items, days, start, seed, embedding_dim, bad_row_share):
+    """Synthetic input tables with a known latent preference structure."""
+    from .generate import generate as run
+
+    try:
+        start_date = _dt.date.fromisoformat(start)
+    except ValueError:
+        raise click.BadParameter(f"expected YYYY-MM-DD, got {start!r}", param_hint="--start") from None
+    spark = _spark(ctx, "twotower-generate")
+    report = run(spark, out, users=users, items=items, days=days, start=start_date, seed=seed, embedding_dim=embedding_dim, bad_row_share=bad_row_share)
+    click.echo(json.dumps(report.get("rows", report), indent=2, default=str))
+
+
+# ------------------------------------------------------------------------------ features
+def _feature_command(name: str, stages: tuple[str, ...], doc: str):
+    @main.command(name=name, help=doc)
+    @click.option("--config", "config", required=True, help="Experiment config file (TOML) or catalog name.")
+    @click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Folder with the input tables.")
+    @click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Folder for this experiment's feature outputs.")
+    @click.pass_context
+    def cmd(ctx, config, input_dir, output_dir):
+        from .pipeline import run_features
+
+        cfg = load_config(config)
+        spark = _spark(ctx, f"twotower-{name}")
+        run_features(spark, cfg, input_dir, output_dir, stages=stages, log=click.echo)
+
+    return cmd
+
+
+_feature_command("features", ("prepare", "embeddings", "examples", "tfrecords"), "All Spark stages: prepare, embeddings, examples, tfrecords.")
+_feature_command("prepare", ("prepare",), "Stages 1-4: validate and quarantine, window and split, item and client filters, label, weight.")
+_feature_command("embeddings", ("embeddings",), "Stage 7: PCA-compressed content embeddings and KMeans clusters, fitted on train items.")
+_feature_command("examples", ("examples",), "Stages 5, 6, 8: user sampling, point-in-time histories, rebalancing, statistics, tower features.")
+_feature_command("tfrecords", ("tfrecords",), "Stage 9: vocabularies, feature_spec.json, sharded TFRecords and the manifest.")
+
+
+# ------------------------------------------------------------------------------ model
+@main.command()
+@click.option("--features", "features_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Output folder of `twotower features`.")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Folder for the trained towers.")
+@click.option("--config", "config", default=None, help="Config whose [model] section to use (default: the one saved with the features).")
+@click.option("--epochs", default=None, type=click.IntRange(1), help="Override model.epochs.")
+def train(features_dir, model_dir, config, epochs):
+    """Train the two towers on CPU (or GPU) from feature_spec.json and the TFRecords."""
+    from twotower_model.train import train as run
+
+    cfg = load_config(config) if config else ExperimentConfig.from_dict(json.loads(Path(features_dir, "resolved_config.json").read_text()))
+    model_cfg = cfg.model if epochs is None else cfg.model.__class__(**{**cfg.model.__dict__, "epochs": epochs})
+    report = run(features_dir, model_dir, model_cfg, progress=click.echo)
+    click.echo(json.dumps({k: v for k, v in report.items() if not isinstance(v, (list, dict))}, indent=2, default=str))
+
+
+@main.command()
+@click.option("--features", "features_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for predictions and metrics.")
+@click.option("--ground-truth", default=None, type=click.Path(exists=True), help="Generator ground truth, for the oracle row.")
+def evaluate(features_dir, model_dir, out_dir, ground_truth):
+    """Score the validation day; metrics next to random, popularity and oracle rows."""
+    from twotower_model.evaluate import evaluate as run
+    from twotower_model.evaluate import format_table
+
+    result = run(features_dir, model_dir, out_dir, ground_truth=ground_truth)
+    click.echo(format_table(result["rows"]))
+
+
+@main.command()
+@click.option("--predictions", required=True, type=click.Path(exists=True), help="Parquet with user_id, item_id, label, score.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file to write.")
+def metrics(predictions, out):
+    """The evaluator over any predictions table."""
+    from twotower_model.metrics import evaluate_predictions_file
+
+    result = evaluate_predictions_file(predictions, out)
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
+# ------------------------------------------------------------------------------ demo
+@main.command()
+@click.option("--out", default="demo-output", show_default=True, type=click.Path(file_okay=False))
+@click.option("--users", default=1500, show_default=True, type=click.IntRange(10))
+@click.option("--items", default=800, show_default=True, type=click.IntRange(10))
+@click.option("--config", "config", default="demo", show_default=True, help="Experiment config or catalog name.")
+@click.pass_context
+def demo(ctx, out, users, items, config):
+    """Generate data, run every stage of the default experiment, train, evaluate, print metrics."""
+    from .generate import generate as gen
+    from .pipeline import run_features
+
+    cfg = load_config(config)
+    out = Path(out)
+    t0 = time.monotonic()
+    spark = _spark(ctx, "twotower-demo")
+    click.echo(f"== generate: {users} users, {items} items -> {out / 'data'}")
+    gen_report = gen(spark, str(out / "data"), users=users, items=items, days=18, start=_dt.date(2026, 6, 18), seed=0)
+    click.echo(json.dumps(gen_report.get("rows", {}), default=str))
+    run_features(spark, cfg, str(out / "data"), str(out / "features"), log=click.echo)
+    spark.stop()
+    t_features = time.monotonic() - t0
+    from twotower_model.evaluate import evaluate as run_eval
+    from twotower_model.evaluate import format_table
+    from twotower_model.train import train as run_train
+
+    click.echo("== train")
+    run_train(str(out / "features"), str(out / "model"), cfg.model, progress=click.echo)
+    click.echo("== evaluate")
+    result = run_eval(str(out / "features"), str(out / "model"), str(out / "eval"), ground_truth=str(out / "data" / "ground_truth"))
+    click.echo(format_table(result["rows"]))
+    click.echo(f"demo: {time.monotonic() - t0:.0f}s (data and features {t_features:.0f}s); outputs in {out}/")
+
+
+# ------------------------------------------------------------------------------ not yet
+def _not_built(name: str, issue: int):
+    def cmd(**_):
+        raise click.ClickException(f"`twotower {name}` is not built yet (tracked in issue {issue}); nothing was run.")
+
+    return cmd
+
+
+@main.group()
+def experiment():
+    """The experiment catalog: list, run."""
+
+
+@experiment.command(name="list")
+def experiment_list():
+    """List the experiment configs shipped with the package."""
+    for p in sorted(EXPERIMENTS_DIR.glob("*.toml")):
+        cfg = ExperimentConfig.from_file(p)
+        click.echo(f"{p.stem:32s} {cfg.description}")
+
+
+experiment.command(name="run", help="Run one experiment end to end (not built yet).")(click.argument("name")(_not_built("experiment run", 5)))
+main.command(name="report", help="Side-by-side experiment report (not built yet).")(_not_built("report", 5))
+main.command(name="nightly", help="Nightly idempotent run for one date (not built yet).")(_not_built("nightly", 6))
+main.command(name="backfill", help="Backfill a date range (not built yet).")(_not_built("backfill", 6))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,468 @@
+"""The feature stages, each a `run_<stage>(spark, cfg, input_dir, output_dir) -> StageReport`.
+
+Stages read what the previous one saved under the output folder, so each runs alone as one
+`spark-submit` (``jobs/<stage>.py``) or all in one session (`run_features`):
+
+1. ``prepare``    validate (quarantine) → window/split → item average time spent → item
+                  filter → label → client filter → weight          → tables/filtered
+2. ``embeddings`` PCA per source and KMeans, fitted on the kept train items → artifacts/items
+3. ``examples``   user sampling → point-in-time histories → class rebalancing → statistics as
+                  of the day before → tower features                 → tables/examples
+4. ``tfrecords``  vocabularies, feature_spec.json, sharded TFRecords, manifest
+
+Everything fitted (filters, item averages, PCA, KMeans, normalisation, vocabularies) is fitted
+on the train split only and saved under ``artifacts/`` before it is applied.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from . import columns as C
+from . import filters as flt
+from . import io
+from .config import ExperimentConfig
+from .embeddings import FittedEmbeddings, apply_embeddings, collect_vectors, fit_embeddings, nan_free
+from .history import HistoryParams, compute_histories
+from .labels import add_label, add_weight
+from .report import StageReport
+from .sampling import class_counts, downsample, rebalance_rates, ratio_string, sample_users
+from .spec import Column, FeatureSpec
+from .validate import INTERACTION_SCHEMA, ITEM_SCHEMA, USER_SCHEMA, check_schema, quarantine_interactions
+from .window import assign_split, window_filter
+
+STAGES = ("prepare", "embeddings", "examples", "tfrecords")
+MAX_FIT_ITEMS = 200_000
+
+
+class StageError(RuntimeError):
+    pass
+
+
+def _paths(out: str) -> dict[str, str]:
+    o = Path(out)
+    return {
+        "filtered": str(o / "tables" / "filtered"),
+        "quarantine": str(o / "tables" / "quarantine"),
+        "examples": str(o / "tables" / "examples"),
+        "artifacts": str(o / "artifacts"),
+        "reports": str(o / "reports"),
+        "vocab": str(o / "vocab"),
+        "tfrecords": str(o / "tfrecords"),
+    }
+
+
+def _save_report(out: str, report: StageReport, log: Callable[[str], None]) -> StageReport:
+    report.finish()
+    io.write_json_atomic(Path(out, "reports", f"{report.stage}.json"), report.to_dict())
+    log(report.render())
+    return report
+
+
+def _window_dates(cfg: ExperimentConfig) -> str:
+    return f"{C.DT} >= '{cfg.window.train_start}' AND {C.DT} <= '{cfg.window.validation_date}'"
+
+
+def _needed_sources(cfg: ExperimentConfig) -> list[str]:
+    s = set()
+    if "item_emb" in cfg.features.item:
+        s.add(cfg.embeddings.item_source)
+    if {"mean", "concat"} & set(cfg.history.aggregations):
+        s.add(cfg.history.source)
+    if "clusters" in cfg.history.aggregations:
+        s.add("simclr")
+    return sorted(s)
+
+
+# --------------------------------------------------------------------------------------- 1
+def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
+    """Validate, split, fit and apply the filters, label and weight; write tables/filtered."""
+    p = _paths(out)
+    rep = StageReport("prepare")
+    io.write_json_atomic(Path(out, "resolved_config.json"), cfg.to_dict())
+    raw = check_schema(io.read_table(spark, io.table_path(input_dir, "interactions")), INTERACTION_SCHEMA, "interactions")
+    items = check_schema(io.read_table(spark, io.table_path(input_dir, "items")), ITEM_SCHEMA, "items")
+    raw = raw.filter(window_filter(cfg.window)).select(*C.INTERACTION_COLUMNS)
+    n_in = raw.count()
+    if n_in == 0:
+        raise StageError(
+            f"no interactions between {cfg.window.train_start} and {cfg.window.validation_date} in "
+            f"{io.table_path(input_dir, 'interactions')}: nothing was written"
+        )
+    # items whose embeddings hold NaN/Inf count as unknown: their rows are quarantined
+    good_items = items.filter(nan_free(items, _needed_sources(cfg))).select(C.ITEM_ID)
+    valid, bad = quarantine_interactions(raw, good_items)
+    valid = valid.cache()
+    bad = bad.cache()
+    n_valid = valid.count()
+    per_reason = {r[C.QUARANTINE_REASON]: int(r["n"]) for r in bad.groupBy(C.QUARANTINE_REASON).agg(F.count(F.lit(1)).alias("n")).collect()}
+    n_bad = sum(per_reason.values())
+    rep.rows_in["interactions_in_window"] = n_in
+    rep.removed.update({f"quarantine:{k}": v for k, v in sorted(per_reason.items())})
+    share = n_bad / n_in
+    if share > cfg.quality.max_quarantine_share:
+        raise StageError(
+            f"{n_bad:,} of {n_in:,} interactions ({share:.2%}) break the input contract, above "
+            f"quality.max_quarantine_share={cfg.quality.max_quarantine_share:.2%}: {per_reason}; nothing was written"
+        )
+
+    df = assign_split(valid, cfg.window)
+    train = df.filter(F.col(C.SPLIT) == C.TRAIN)
+    # item average time spent: all valid train rows of the item, before any filter
+    item_avg = train.groupBy(C.ITEM_ID).agg(F.avg(C.TIME_SPENT).alias(C.ITEM_AVG_TIME_SPENT))
+    item_filter = flt.fit_item_filter(train, cfg.filters)
+    art = p["artifacts"]
+    item_avg.write.mode("overwrite").parquet(f"{art}/item_avg_time_spent")
+    item_filter.write.mode("overwrite").parquet(f"{art}/item_filter")
+    item_filter = spark.read.parquet(f"{art}/item_filter")
+    item_avg = spark.read.parquet(f"{art}/item_avg_time_spent")
+
+    df = add_label(df, cfg.label)
+    after_items = flt.apply_item_filter(df, item_filter)
+    client_filter = flt.fit_client_filter(after_items.filter(F.col(C.SPLIT) == C.TRAIN), cfg.filters, cfg.window.train_days)
+    client_filter.write.mode("overwrite").parquet(f"{art}/client_filter")
+    client_filter = spark.read.parquet(f"{art}/client_filter")
+    filtered = flt.apply_client_filter(after_items, client_filter)
+    filtered = add_weight(filtered, cfg.weight).join(item_avg, C.ITEM_ID, "left")
+
+    io.write_delta(filtered, p["filtered"], partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg))
+    if n_bad:
+        io.write_delta(bad, p["quarantine"], partition_by=[C.DT], replace_where=_window_dates(cfg))
+
+    # the report: rows per split at each step, removals per rule
+    def by_split(frame: DataFrame) -> dict[str, int]:
+        return {r[C.SPLIT]: int(r["n"]) for r in frame.groupBy(C.SPLIT).agg(F.count(F.lit(1)).alias("n")).collect()}
+
+    out_tbl = spark.read.format("delta").load(p["filtered"]).filter(window_filter(cfg.window))
+    split_valid, split_items, split_out = by_split(df), by_split(after_items), by_split(out_tbl)
+    rep.rows_in["valid"] = n_valid
+    for s in (C.TRAIN, C.VALIDATION):
+        rep.removed[f"item_filter:{s}"] = split_valid.get(s, 0) - split_items.get(s, 0)
+        rep.removed[f"client_filter:{s}"] = split_items.get(s, 0) - split_out.get(s, 0)
+    rep.rows_out = {s: split_out.get(s, 0) for s in (C.TRAIN, C.VALIDATION)}
+    rep.facts["item_filter_rules"] = flt.removal_counts(item_filter)
+    rep.facts["client_filter_rules"] = flt.removal_counts(client_filter)
+    rep.facts["client_max_interactions"] = cfg.filters.client_max_interactions(cfg.window.train_days)
+    pos, neg = class_counts(out_tbl.filter(F.col(C.SPLIT) == C.TRAIN))
+    rep.facts["train_pos_neg"] = ratio_string(pos, neg)
+    rep.facts["window"] = f"train {cfg.window.train_start}..{cfg.window.train_end}, validation {cfg.window.validation_date}"
+    valid.unpersist()
+    bad.unpersist()
+    return _save_report(out, rep, log)
+
+
+# --------------------------------------------------------------------------------------- 2
+def run_embeddings(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
+    """Fit PCA per needed source (and KMeans) on the kept train items; write artifacts/items."""
+    p = _paths(out)
+    rep = StageReport("embeddings")
+    art = p["artifacts"]
+    items = check_schema(io.read_table(spark, io.table_path(input_dir, "items")), ITEM_SCHEMA, "items")
+    kept = flt.kept_ids(spark.read.parquet(f"{art}/item_filter"), C.ITEM_ID)
+    catalog = items.join(kept, C.ITEM_ID, "left_semi")
+    sources = _needed_sources(cfg)
+    with_cluster = "clusters" in cfg.history.aggregations
+    n_items = catalog.count()
+    rep.rows_in["kept_train_items"] = n_items
+    cols = [C.ITEM_ID, C.CREATOR_ID] + [c for c in items.columns if c.startswith((C.ITEM_PERFORMANCE_PREFIX, C.CREATOR_PERFORMANCE_PREFIX))]
+    base = catalog.select(*cols)
+    if sources:
+        vectors = collect_vectors(catalog, sources, max_items=MAX_FIT_ITEMS, seed=cfg.embeddings.seed)
+        fitted = fit_embeddings(vectors, cfg.embeddings.pca_components, kmeans_k=cfg.embeddings.kmeans_k if with_cluster else None, seed=cfg.embeddings.seed)
+        fitted.save(f"{art}/embeddings.npz")
+        fitted = FittedEmbeddings.load(f"{art}/embeddings.npz")
+        rep.facts["pca_explained_variance"] = {s: round(v, 4) for s, v in fitted.explained_variance.items()}
+        rep.facts["fit_items"] = int(next(iter(vectors.values())).shape[0])
+        base = base.join(apply_embeddings(catalog, fitted, with_cluster=with_cluster), C.ITEM_ID)
+    table = base.orderBy(C.ITEM_ID).toArrow()
+    # a dense index per item (sorted ids), the row of the history matrix file
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = table.append_column("item_idx", pa.array(np.arange(table.num_rows, dtype=np.int32)))
+    Path(art).mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, f"{art}/items.parquet")
+    hsrc = cfg.history.source
+    if {"mean", "concat"} & set(cfg.history.aggregations):
+        mat = table.column(f"{hsrc}_pca").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
+        np.save(f"{art}/history_matrix.npy", mat.astype(np.float32))
+    if with_cluster:
+        counts = np.bincount(table.column(C.ITEM_CLUSTER).to_numpy(), minlength=cfg.embeddings.kmeans_k)
+        rep.facts["cluster_sizes"] = counts.tolist()
+    rep.rows_out["catalog_items"] = table.num_rows
+    rep.facts["sources"] = sources
+    return _save_report(out, rep, log)
+
+
+# --------------------------------------------------------------------------------------- 3
+def _zscore_fit(df: DataFrame, cols: list[str]) -> dict[str, tuple[float, float]]:
+    if not cols:
+        return {}
+    aggs = []
+    for c in cols:
+        aggs += [F.avg(c).alias(f"{c}__m"), F.stddev_pop(c).alias(f"{c}__s")]
+    row = df.agg(*aggs).collect()[0]
+    out = {}
+    for c in cols:
+        m, s = row[f"{c}__m"], row[f"{c}__s"]
+        out[c] = (float(m) if m is not None else 0.0, float(s) if s else 1.0)
+    return out
+
+
+def _zscore_apply(df: DataFrame, stats: dict[str, tuple[float, float]]) -> DataFrame:
+    for c, (m, s) in stats.items():
+        df = df.withColumn(c, F.coalesce(((F.col(c) - F.lit(m)) / F.lit(s if s > 0 else 1.0)), F.lit(0.0)).cast("float"))
+    return df
+
+
+def _stats_as_of_previous_day(spark: SparkSession, input_dir: str, table: str, key: str, prefix: str) -> DataFrame | None:
+    """Stats keyed by (id, dt) shifted so that an example on day D joins the row of D-1."""
+    df = io.read_table(spark, io.table_path(input_dir, table), required=False)
+    if df is None:
+        return None
+    return df.select(
+        F.col(key), F.date_add(F.col(C.DT), 1).alias(C.DT),
+        *[F.col(c).cast("double").alias(f"{prefix}_{c}") for c in (C.STAT_CTR, C.STAT_TIMESPENT) if c in df.columns],
+    )
+
+
+def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
+    """Sample users, compute histories, rebalance, join statistics and tower features; tables/examples."""
+    p = _paths(out)
+    art = p["artifacts"]
+    rep = StageReport("examples")
+    filtered = spark.read.format("delta").load(p["filtered"]).filter(window_filter(cfg.window))
+    rep.rows_in = {r[C.SPLIT]: int(r["n"]) for r in filtered.groupBy(C.SPLIT).agg(F.count(F.lit(1)).alias("n")).collect()}
+
+    # user sampling keeps all rows of a sampled user, so histories of sampled users see every
+    # filtered row of theirs (train and validation), as if computed before sampling
+    sampled = filtered if cfg.sampling.validation else filtered.filter(F.col(C.SPLIT) == C.TRAIN)
+    sampled = sample_users(sampled, cfg.sampling)
+    if not cfg.sampling.validation:
+        sampled = sampled.unionByName(filtered.filter(F.col(C.SPLIT) == C.VALIDATION))
+    items = spark.read.parquet(f"{art}/items.parquet")
+    aggs = cfg.history.aggregations
+    if aggs or cfg.history.keep_lists:
+        hist_users = sampled.select(C.USER_ID).distinct()
+        events = filtered.join(hist_users, C.USER_ID, "left_semi")
+        if aggs:
+            events = events.join(F.broadcast(items.select(C.ITEM_ID, "item_idx", *([C.ITEM_CLUSTER] if "clusters" in aggs else []))), C.ITEM_ID)
+        matrix = f"{art}/history_matrix.npy" if {"mean", "concat"} & set(aggs) else None
+        if matrix:
+            spark.sparkContext.addFile(matrix)
+        params = HistoryParams(
+            n=cfg.history.n, aggregations=aggs, concat_k=cfg.history.concat_k, keep_lists=cfg.history.keep_lists,
+            emb_dim=cfg.embeddings.pca_components, n_clusters=cfg.embeddings.kmeans_k, matrix_file=matrix,
+        )
+        hist = compute_histories(events, params)
+        sampled = sampled.join(hist, [C.USER_ID, C.ITEM_ID, C.EVENT_TS], "left")
+
+    train_s = sampled.filter(F.col(C.SPLIT) == C.TRAIN)
+    pos, neg = class_counts(train_s)
+    pos_rate, neg_rate = rebalance_rates(pos, neg, cfg.sampling.target_pos_neg_ratio)
+    rep.facts["sampled_train_pos_neg"] = ratio_string(pos, neg)
+    rep.facts["user_fraction"] = cfg.sampling.user_fraction
+    rep.facts["rebalance_keep_rates"] = {"positive": round(pos_rate, 6), "negative": round(neg_rate, 6)}
+    examples = train_s.transform(lambda d: downsample(d, pos_rate, neg_rate, cfg.sampling.seed)).unionByName(
+        sampled.filter(F.col(C.SPLIT) == C.VALIDATION)
+    )
+
+    # statistics as of the day before, normalised with train statistics
+    stat_cols: list[str] = []
+    for table, key, prefix in (("user_stats", C.USER_ID, "user"), ("item_stats", C.ITEM_ID, "item")):
+        st = _stats_as_of_previous_day(spark, input_dir, table, key, prefix)
+        if st is not None:
+            examples = examples.join(st, [key, C.DT], "left")
+            stat_cols += [c for c in st.columns if c.startswith(prefix + "_")]
+    item_cols = [c for c in items.columns if c not in ("item_idx",)]
+    examples = examples.join(items.select(*item_cols), C.ITEM_ID, "left")
+    st = _stats_as_of_previous_day(spark, input_dir, "creator_stats", C.CREATOR_ID, "creator")
+    if st is not None:
+        examples = examples.join(st, [C.CREATOR_ID, C.DT], "left")
+        stat_cols += [c for c in st.columns if c.startswith("creator_")]
+    users = io.read_table(spark, io.table_path(input_dir, "users"), required=False)
+    if users is not None:
+        users = check_schema(users, USER_SCHEMA, "users")
+        examples = examples.join(users.select(C.USER_ID, C.HANDSET_MAKER, C.ACTIVITY_PROFILE), C.USER_ID, "left")
+    perf_cols = sorted(c for c in items.columns if c.startswith((C.ITEM_PERFORMANCE_PREFIX, C.CREATOR_PERFORMANCE_PREFIX)))
+    norm = _zscore_fit(examples.filter(F.col(C.SPLIT) == C.TRAIN), stat_cols + perf_cols)
+    io.write_json_atomic(f"{art}/normalisation.json", norm)
+    examples = _zscore_apply(examples, norm)
+    for prefix, name in ((C.ITEM_PERFORMANCE_PREFIX, "item_performance"), (C.CREATOR_PERFORMANCE_PREFIX, "creator_performance")):
+        cs = [c for c in perf_cols if c.startswith(prefix)]
+        if cs:
+            examples = examples.withColumn(name, F.array(*[F.col(c).cast("float") for c in cs]))
+    if "item_emb" in cfg.features.item:
+        examples = examples.withColumn("item_emb", F.col(f"{cfg.embeddings.item_source}_pca"))
+
+    io.write_delta(examples, p["examples"], partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg))
+    written = spark.read.format("delta").load(p["examples"]).filter(window_filter(cfg.window))
+    counts = written.groupBy(C.SPLIT).agg(F.count(F.lit(1)).alias("n"), F.sum(C.LABEL).alias("p")).collect()
+    rep.rows_out = {r[C.SPLIT]: int(r["n"]) for r in counts}
+    rep.facts["label_rate"] = {r[C.SPLIT]: round(int(r["p"]) / max(int(r["n"]), 1), 4) for r in counts}
+    rep.removed["train:user_sampling"] = rep.rows_in.get(C.TRAIN, 0) - pos - neg
+    rep.removed["train:rebalancing"] = pos + neg - rep.rows_out.get(C.TRAIN, 0)
+    if not cfg.sampling.validation:
+        rep.removed["validation"] = rep.rows_in.get(C.VALIDATION, 0) - rep.rows_out.get(C.VALIDATION, 0)
+    return _save_report(out, rep, log)
+
+
+# --------------------------------------------------------------------------------------- 4
+def _vocabulary(df: DataFrame, col: str, min_count: int) -> list[str]:
+    rows = (
+        df.filter(F.col(col).isNotNull()).groupBy(col).agg(F.count(F.lit(1)).alias("n")).filter(F.col("n") >= min_count)
+        .orderBy(F.col("n").desc(), F.col(col)).select(col).collect()
+    )
+    return [r[0] for r in rows]
+
+
+def spec_columns(cfg: ExperimentConfig, examples: DataFrame) -> list[Column]:
+    """The TFRecord columns of this experiment (vocabulary sizes are filled in later)."""
+    d = cfg.embeddings.pca_components
+    cols: list[Column] = []
+    user, item = set(cfg.features.user), set(cfg.features.item)
+    cols.append(Column(C.USER_ID, "string", (), "user" if C.USER_ID in user else None, "id" if C.USER_ID in user else "key",
+                       vocabulary_file="vocab/user_id.txt" if C.USER_ID in user else None))
+    cols.append(Column(C.ITEM_ID, "string", (), "item" if C.ITEM_ID in item else None, "id" if C.ITEM_ID in item else "key",
+                       vocabulary_file="vocab/item_id.txt" if C.ITEM_ID in item else None))
+    cols += [Column(C.EVENT_TS, "int64", (), None, "key"), Column(C.LABEL, "float32", (), None, "label"), Column(C.WEIGHT, "float32", (), None, "weight")]
+
+    def width(name: str) -> int:
+        first = examples.select(F.size(name).alias("n")).filter(F.col("n") > 0).limit(1).collect()
+        return int(first[0]["n"]) if first else 0
+
+    if C.HANDSET_MAKER in user:
+        cols.append(Column(C.HANDSET_MAKER, "string", (), "user", "categorical", vocabulary_file="vocab/handset_maker.txt"))
+    if C.ACTIVITY_PROFILE in user:
+        cols.append(Column(C.ACTIVITY_PROFILE, "float32", (width(C.ACTIVITY_PROFILE),), "user", "dense"))
+    for side in ("pos", "neg"):
+        if f"{side}_hist_mean" in user:
+            cols.append(Column(f"{side}_hist_mean", "float32", (d,), "user", "dense"))
+        if f"{side}_hist_concat" in user:
+            cols.append(Column(f"{side}_hist_concat", "float32", (cfg.history.concat_k * d,), "user", "dense"))
+            cols.append(Column(f"{side}_hist_concat_len", "int64", (), "user", "count"))
+        if f"{side}_hist_clusters" in user:
+            cols.append(Column(f"{side}_hist_clusters", "float32", (cfg.embeddings.kmeans_k,), "user", "dense"))
+        if any(f.startswith(f"{side}_hist_") for f in user):
+            cols.append(Column(f"{side}_hist_len", "int64", (), "user", "count"))
+    for name, src in (("user_ctr", "user_ctr"), ("user_timespent", "user_timespent")):
+        if name in user:
+            cols.append(Column(src, "float32", (), "user", "dense"))
+    if C.CREATOR_ID in item:
+        cols.append(Column(C.CREATOR_ID, "string", (), "item", "categorical", vocabulary_file="vocab/creator_id.txt"))
+    if "item_emb" in item:
+        cols.append(Column("item_emb", "float32", (d,), "item", "dense"))
+    for name in ("item_performance", "creator_performance"):
+        if name in item:
+            cols.append(Column(name, "float32", (width(name),), "item", "dense"))
+    for name in ("item_ctr", "creator_ctr"):
+        if name in item:
+            cols.append(Column(name, "float32", (), "item", "dense"))
+    return cols
+
+
+def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
+    """Vocabularies, feature_spec.json, TFRecords per split and for the catalog, manifest.json."""
+    from .tfrecord import write_tfrecords
+
+    p = _paths(out)
+    art = p["artifacts"]
+    rep = StageReport("tfrecords")
+    examples = spark.read.format("delta").load(p["examples"]).filter(window_filter(cfg.window))
+    train = examples.filter(F.col(C.SPLIT) == C.TRAIN)
+    cols = spec_columns(cfg, examples)
+    vocab_dir = Path(p["vocab"])
+    vocab_dir.mkdir(parents=True, exist_ok=True)
+    sized = []
+    for c in cols:
+        if c.vocabulary_file:
+            words = _vocabulary(train, c.name, cfg.output.vocabulary_min_count)
+            io.write_json_atomic(vocab_dir / f"{c.name}.json", {"size": len(words)})
+            Path(out, c.vocabulary_file).write_text("\n".join(words) + ("\n" if words else ""))
+            c = Column(**{**c.__dict__, "vocabulary_size": len(words)})
+        sized.append(c)
+    freq = train.groupBy(C.ITEM_ID).agg(F.count(F.lit(1)).alias("count")).orderBy(F.col("count").desc(), C.ITEM_ID).toPandas()
+    freq.to_csv(f"{art}/item_frequency.csv", index=False)
+
+    names = [c.name for c in sized]
+    for c in sized:
+        if c.name not in examples.columns:
+            raise StageError(f"feature '{c.name}' is not in the examples table: was stage 'examples' run with this config?")
+    rows = {}
+    for split in (C.TRAIN, C.VALIDATION):
+        part = examples.filter(F.col(C.SPLIT) == split).select(*names).withColumn(C.LABEL, F.col(C.LABEL).cast("float"))
+        res = write_tfrecords(part, f"{p['tfrecords']}/{split}", sized, num_shards=cfg.output.tfrecord_shards)
+        rows[split] = int(res["rows"])
+    item_cols = [c for c in sized if c.tower == "item" or c.name == C.ITEM_ID]
+    items = spark.read.parquet(f"{art}/items.parquet")
+    if "item_emb" in cfg.features.item:
+        items = items.withColumn("item_emb", F.col(f"{cfg.embeddings.item_source}_pca"))
+    norm = json.loads(Path(f"{art}/normalisation.json").read_text())
+    items = _zscore_apply(items, {k: v for k, v in norm.items() if k in items.columns})
+    for prefix, name in ((C.ITEM_PERFORMANCE_PREFIX, "item_performance"), (C.CREATOR_PERFORMANCE_PREFIX, "creator_performance")):
+        cs = sorted(c for c in items.columns if c.startswith(prefix))
+        if cs:
+            items = items.withColumn(name, F.array(*[F.col(c).cast("float") for c in cs]))
+    last_day = cfg.window.validation_date
+    for table, key, prefix in (("item_stats", C.ITEM_ID, "item"), ("creator_stats", C.CREATOR_ID, "creator")):
+        st = _stats_as_of_previous_day(spark, input_dir, table, key, prefix)
+        if st is not None:
+            st = st.filter(F.col(C.DT) == F.lit(last_day)).drop(C.DT)
+            items = _zscore_apply(items.join(st, key, "left"), {k: v for k, v in norm.items() if k in st.columns})
+    res = write_tfrecords(items.select(*[c.name for c in item_cols]), f"{p['tfrecords']}/catalog", item_cols, num_shards=1)
+    rows["catalog"] = int(res["rows"])
+
+    spec = FeatureSpec(
+        columns=tuple(sized),
+        keys=(C.USER_ID, C.ITEM_ID, C.EVENT_TS),
+        extras={
+            "splits": {s: f"tfrecords/{s}/*.tfrecord" for s in (C.TRAIN, C.VALIDATION, "catalog")},
+            "catalog_columns": [c.name for c in item_cols],
+            "item_frequency_file": "artifacts/item_frequency.csv",
+            "items_file": "artifacts/items.parquet",
+            "rows": rows,
+            "experiment": cfg.name,
+        },
+    )
+    spec.save(out)
+    counts = examples.groupBy(C.SPLIT).agg(F.count(F.lit(1)).alias("n"), F.sum(C.LABEL).alias("p")).collect()
+    prep = json.loads(Path(p["reports"], "examples.json").read_text())
+    manifest = {
+        "experiment": cfg.name,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config_hash": cfg.config_hash(),
+        "data_hash": cfg.data_hash(),
+        "rows": rows,
+        "label_ratio": {r[C.SPLIT]: ratio_string(int(r["p"]), int(r["n"]) - int(r["p"])) for r in counts},
+        "sampling": {"user_fraction": cfg.sampling.user_fraction, "seed": cfg.sampling.seed, **prep["facts"].get("rebalance_keep_rates", {})},
+        "inputs": {t: io.table_version(spark, io.table_path(input_dir, t)) for t in ("interactions", "items", "users", "user_stats", "item_stats", "creator_stats")},
+        "window": {"train_start": str(cfg.window.train_start), "train_end": str(cfg.window.train_end), "validation": str(cfg.window.validation_date)},
+    }
+    io.write_json_atomic(Path(out, "manifest.json"), manifest)
+    rep.rows_in = {k: v for k, v in rows.items() if k != "catalog"}
+    rep.rows_out = rows
+    rep.facts["columns"] = len(sized)
+    rep.facts["label_ratio"] = manifest["label_ratio"]
+    return _save_report(out, rep, log)
+
+
+RUNNERS = {"prepare": run_prepare, "embeddings": run_embeddings, "examples": run_examples, "tfrecords": run_tfrecords}
+
+
+def run_features(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, *, stages: tuple[str, ...] = STAGES, log: Callable[[str], None] = print) -> dict[str, StageReport]:
+    """Run the feature stages in order in one session."""
+    unknown = [s for s in stages if s not in RUNNERS]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
+    reports = {}
+    for s in STAGES:
+        if s in stages:
+            log(f"== stage {s}")
+            reports[s] = RUNNERS[s](spark, cfg, input_dir, out, log)
+    return reports

@@ -1,0 +1,63 @@
+"""Stage 5: deterministic user sampling and optional class rebalancing.
+
+Both decisions come from a hash of ids and the seed, never from `rand()`: the same inputs and
+seed give the same sample whatever the partitioning, on any cluster.
+"""
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from . import columns as C
+from .config import SamplingConfig
+
+_SCALE = 1 << 40
+
+
+def hash_unit(*cols: F.Column | str, seed: int) -> F.Column:
+    """A uniform number in [0, 1) from a hash of `cols` and `seed`."""
+    return F.pmod(F.xxhash64(F.lit(seed), *cols), F.lit(_SCALE)).cast("double") / float(_SCALE)
+
+
+def sample_users(df: DataFrame, cfg: SamplingConfig) -> DataFrame:
+    """Keep the users whose hash falls below `user_fraction`."""
+    if cfg.user_fraction >= 1.0:
+        return df
+    return df.filter(hash_unit(C.USER_ID, seed=cfg.seed) < cfg.user_fraction)
+
+
+def class_counts(df: DataFrame) -> tuple[int, int]:
+    row = df.agg(F.sum(C.LABEL).alias("p"), F.count(F.lit(1)).alias("n")).collect()[0]
+    pos = int(row["p"] or 0)
+    return pos, int(row["n"]) - pos
+
+
+def rebalance_rates(positives: int, negatives: int, target_pos_neg_ratio: float) -> tuple[float, float]:
+    """(keep rate for positives, keep rate for negatives) so that pos/neg becomes the target.
+
+    Only the majority class (relative to the target) is downsampled; a zero target keeps all.
+    """
+    if target_pos_neg_ratio <= 0 or positives == 0 or negatives == 0:
+        return 1.0, 1.0
+    observed = positives / negatives
+    if observed > target_pos_neg_ratio:
+        return target_pos_neg_ratio * negatives / positives, 1.0
+    return 1.0, positives / (target_pos_neg_ratio * negatives)
+
+
+def downsample(df: DataFrame, pos_rate: float, neg_rate: float, seed: int) -> DataFrame:
+    """Keep each row of a class with its class's rate, decided by a hash of the event."""
+    if pos_rate >= 1.0 and neg_rate >= 1.0:
+        return df
+    u = hash_unit(C.USER_ID, C.ITEM_ID, F.col(C.EVENT_TS).cast("long"), seed=seed + 1)
+    rate = F.when(F.col(C.LABEL) == 1, F.lit(pos_rate)).otherwise(F.lit(neg_rate))
+    return df.filter(u < rate)
+
+
+def ratio_string(positives: int, negatives: int) -> str:
+    """The seed's 'P : N' notation on a scale of ten (7 : 3)."""
+    total = positives + negatives
+    if total == 0:
+        return "n/a"
+    p = 10 * positives / total
+    return f"{p:.1f} : {10 - p:.1f}"
