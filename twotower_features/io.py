@@ -56,7 +56,7 @@ def write_delta(df: DataFrame, path: str, *, partition_by: list[str], replace_wh
 
     Delta commits atomically: a failed write leaves the previous version readable.
     """
-    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "false")
+    writer = df.write.format("delta").mode("overwrite").option("partitionOverwriteMode", "static")
     if replace_where and is_delta(path):
         writer = writer.option("replaceWhere", replace_where)
     else:

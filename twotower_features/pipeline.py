@@ -279,13 +279,13 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
         st = _stats_as_of_previous_day(spark, input_dir, table, key, prefix)
         if st is not None:
             examples = examples.join(st, [key, C.DT], "left")
-            stat_cols += [c for c in st.columns if c.startswith(prefix + "_")]
+            stat_cols += [c for c in st.columns if c not in (key, C.DT)]
     item_cols = [c for c in items.columns if c not in ("item_idx",)]
     examples = examples.join(items.select(*item_cols), C.ITEM_ID, "left")
     st = _stats_as_of_previous_day(spark, input_dir, "creator_stats", C.CREATOR_ID, "creator")
     if st is not None:
         examples = examples.join(st, [C.CREATOR_ID, C.DT], "left")
-        stat_cols += [c for c in st.columns if c.startswith("creator_")]
+        stat_cols += [c for c in st.columns if c not in (C.CREATOR_ID, C.DT)]
     users = io.read_table(spark, io.table_path(input_dir, "users"), required=False)
     if users is not None:
         users = check_schema(users, USER_SCHEMA, "users")
