@@ -1,0 +1,203 @@
+"""Trainer throughput on experiment-8-sized synthetic features: tf.data alone vs training.
+
+Spec like experiment 8: user tower = user_id + pos/neg history cluster distributions (18 each)
++ user ctr and timespent; item tower = 64-dim item embedding + item and creator ctr (no
+item_id); 5k catalog items, 200k train examples in 8 shards.
+
+Measures (each after a first-batch warm-up):
+- tf.data records/s: the training input pipeline (shuffle, batch, parse) iterated alone;
+- training examples/s for each optimiser kind (``twotower_model.model.make_optimizer``),
+  optionally again with the user vocabulary padded to ``--big-vocab`` ids (unseen ids),
+  which shows what dense Adam over a large embedding table costs;
+and prints the ratio training / tf.data.
+
+    .venv/bin/python benchmarks/bench_train.py [--examples 200000] [--big-vocab 1000000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tensorflow as tf  # noqa: E402
+
+from twotower_features.config import ModelConfig  # noqa: E402
+from twotower_features.spec import Column, FeatureSpec  # noqa: E402
+from twotower_model.data import make_dataset  # noqa: E402
+from twotower_model.model import OPTIMIZERS  # noqa: E402
+from twotower_model.train import fit_model  # noqa: E402
+
+SPLITS = {
+    "train": "tfrecords/train/*.tfrecord",
+    "validation": "tfrecords/validation/*.tfrecord",
+    "catalog": "tfrecords/catalog/*.tfrecord",
+}
+
+
+def _columns(n_users: int) -> list[Column]:
+    return [
+        Column("user_id", "string", (), "user", "id", "vocab/user_id.txt", n_users),
+        Column("pos_hist_clusters", "float32", (18,), "user", "dense"),
+        Column("neg_hist_clusters", "float32", (18,), "user", "dense"),
+        Column("user_ctr", "float32", (), "user", "dense"),
+        Column("user_timespent", "float32", (), "user", "dense"),
+        Column("item_id", "string", (), None, "key"),
+        Column("item_emb", "float32", (64,), "item", "dense"),
+        Column("item_ctr", "float32", (), "item", "dense"),
+        Column("creator_ctr", "float32", (), "item", "dense"),
+        Column("label", "float32", (), None, "label"),
+        Column("weight", "float32", (), None, "weight"),
+        Column("event_ts", "int64", (), None, "key"),
+    ]
+
+
+def _f(values: np.ndarray) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=np.atleast_1d(values).tolist()))
+
+
+def _b(value: str) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+
+
+def _i(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def write_data(root: Path, *, examples: int, users: int, items: int, shards: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    k = 18
+    user_pref = rng.dirichlet(np.full(k, 0.3), users).astype(np.float32)
+    item_cluster = rng.integers(0, k, items)
+    item_emb = (rng.normal(0, 1, (k, 64))[item_cluster] + rng.normal(0, 0.5, (items, 64))).astype(np.float32)
+    item_ctr = rng.normal(0, 1, items).astype(np.float32)
+    creator_ctr = rng.normal(0, 1, items).astype(np.float32)
+
+    def rows(n: int, offset: int):
+        u = rng.integers(0, users, n)
+        it = rng.integers(0, items, n)
+        p = 0.1 + 0.8 * user_pref[u, item_cluster[it]]
+        label = (rng.random(n) < p).astype(np.float32)
+        pos = user_pref[u] + rng.normal(0, 0.02, (n, k)).astype(np.float32)
+        neg = rng.dirichlet(np.ones(k), n).astype(np.float32)
+        uctr = rng.normal(0, 1, n).astype(np.float32)
+        uts = rng.normal(0, 1, n).astype(np.float32)
+        for r in range(n):
+            feats = {
+                "user_id": _b(f"u{u[r]}"),
+                "pos_hist_clusters": _f(pos[r]),
+                "neg_hist_clusters": _f(neg[r]),
+                "user_ctr": _f(uctr[r]),
+                "user_timespent": _f(uts[r]),
+                "item_id": _b(f"i{it[r]}"),
+                "item_emb": _f(item_emb[it[r]]),
+                "item_ctr": _f(item_ctr[it[r]]),
+                "creator_ctr": _f(creator_ctr[it[r]]),
+                "label": _f(label[r]),
+                "weight": _f(np.float32(1.0)),
+                "event_ts": _i(1_780_000_000_000_000 + offset + r),
+            }
+            yield tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+    def write(split: str, n: int, n_shards: int, offset: int) -> None:
+        (root / "tfrecords" / split).mkdir(parents=True, exist_ok=True)
+        per = -(-n // n_shards)
+        for s in range(n_shards):
+            m = min(per, n - s * per)
+            with tf.io.TFRecordWriter(str(root / "tfrecords" / split / f"part-{s:05d}.tfrecord")) as w:
+                for rec in rows(m, offset + s * per):
+                    w.write(rec)
+
+    write("train", examples, shards, 0)
+    write("validation", max(examples // 20, 1), 1, examples)
+    (root / "tfrecords" / "catalog").mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(root / "tfrecords/catalog/part-00000.tfrecord")) as w:
+        for i in range(items):
+            feats = {"item_id": _b(f"i{i}"), "item_emb": _f(item_emb[i]), "item_ctr": _f(item_ctr[i]), "creator_ctr": _f(creator_ctr[i])}
+            w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+    write_spec(root, users)
+
+
+def write_spec(root: Path, vocab_users: int) -> None:
+    (root / "vocab").mkdir(parents=True, exist_ok=True)
+    (root / "vocab/user_id.txt").write_text("\n".join(f"u{i}" for i in range(vocab_users)) + "\n")
+    FeatureSpec(columns=tuple(_columns(vocab_users)), keys=("user_id", "item_id", "event_ts"), extras={"splits": SPLITS}).save(root)
+
+
+def pipeline_records_per_s(root: Path, cfg: ModelConfig) -> float:
+    spec = FeatureSpec.load(root)
+    cols = [c.name for c in spec.columns if c.tower is not None] + [spec.label, spec.weight]
+    ds = make_dataset(root, "train", spec, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, columns=cols, deterministic=True)
+    it = iter(ds)
+    first = next(it)
+    n, t0 = 0, time.perf_counter()
+    for b in it:
+        n += int(b[spec.label].shape[0])
+    del first
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--examples", type=int, default=200_000)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--items", type=int, default=5_000)
+    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    ap.add_argument("--big-vocab", type=int, default=0, help="also train with the user vocabulary padded to this many ids")
+    ap.add_argument("--data-dir", default=None, help="reuse/keep the generated data here (default: a temporary folder)")
+    args = ap.parse_args()
+
+    tmp = None
+    if args.data_dir:
+        root = Path(args.data_dir)
+    else:
+        tmp = tempfile.mkdtemp(prefix="bench_train_")
+        root = Path(tmp)
+    try:
+        if not (root / "feature_spec.json").is_file():
+            t = time.perf_counter()
+            write_data(root, examples=args.examples, users=args.users, items=args.items, shards=args.shards, seed=0)
+            print(f"wrote {args.examples} examples in {time.perf_counter() - t:.1f} s to {root}")
+        cfg = ModelConfig(epochs=args.epochs, batch_size=args.batch_size)
+        results = {"tf_data_records_per_s": pipeline_records_per_s(root, cfg)}
+        print(f"tf.data alone: {results['tf_data_records_per_s']:,.0f} records/s")
+        runs = [("", root)]
+        if args.big_vocab:
+            big = root / f"vocab_{args.big_vocab}"
+            if not (big / "feature_spec.json").is_file():
+                big.mkdir(exist_ok=True)
+                if not (big / "tfrecords").exists():
+                    (big / "tfrecords").symlink_to(root / "tfrecords")
+                write_spec(big, args.big_vocab)
+            runs.append((f" (user vocab {args.big_vocab:,})", big))
+        for label, feat in runs:
+            for kind in args.optimizers.split(","):
+                _, report = fit_model(feat, cfg, progress=lambda s: None, optimizer=kind)
+                key = f"train_examples_per_s[{kind}]{label}"
+                results[key] = report["examples_per_second"]
+                print(
+                    f"training, optimizer {kind}{label}: {report['examples_per_second']:,.0f} examples/s "
+                    f"(ratio to tf.data {report['examples_per_second'] / results['tf_data_records_per_s']:.2f}), "
+                    f"loss {report['final_loss']:.4f}, validation loss {report['validation_loss']:.4f}"
+                )
+        print(json.dumps(results, indent=2))
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

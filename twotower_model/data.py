@@ -1,0 +1,128 @@
+"""Reading the feature job's TFRecords as ``tf.data`` pipelines, driven by ``feature_spec.json``.
+
+The pipeline is the one the tf.data performance guide recommends for many small records:
+list the shards, interleave the files, shuffle records, batch *before* parsing (one vectorised
+``tf.io.parse_example`` per batch instead of one parse per record), prefetch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import tensorflow as tf
+
+from twotower_features.spec import Column, FeatureSpec
+
+SPLITS_KEY = "splits"
+CATALOG = "catalog"
+_TF_DTYPES = {"string": tf.string, "float32": tf.float32, "int64": tf.int64}
+
+
+def feature_description(spec: FeatureSpec, columns: Iterable[str] | None = None) -> dict[str, tf.io.FixedLenFeature]:
+    """``tf.io.parse_example`` description of ``columns`` (default: every spec column).
+
+    Every column is required in every record (no default value): a record that lacks one fails
+    the parse with the column's name instead of silently producing zeros.
+    """
+    names = [c.name for c in spec.columns] if columns is None else list(columns)
+    return {n: _fixed_len(spec.column(n)) for n in names}
+
+
+def _fixed_len(col: Column) -> tf.io.FixedLenFeature:
+    return tf.io.FixedLenFeature(shape=list(col.shape), dtype=_TF_DTYPES[col.dtype])
+
+
+def split_columns(spec: FeatureSpec, split: str) -> list[str]:
+    """The columns that records of ``split`` hold.
+
+    Train/validation records hold every spec column; catalog records hold one row per item:
+    ``item_id`` plus every item-tower column.
+    """
+    if split != CATALOG:
+        return [c.name for c in spec.columns]
+    item_key = item_id_column(spec)
+    names = [item_key] + [c.name for c in spec.tower_columns("item") if c.name != item_key]
+    return names
+
+
+def item_id_column(spec: FeatureSpec) -> str:
+    """Name of the item key: the key column that the item tower owns or that is called item_id."""
+    if "item_id" in spec.keys:
+        return "item_id"
+    raise ValueError(f"feature spec keys {list(spec.keys)} have no 'item_id'; the trainer needs it to name items")
+
+
+def split_files(feat_dir: str | Path, split: str, spec: FeatureSpec) -> list[str]:
+    """The TFRecord shards of ``split``, sorted, from the glob in ``spec.extras['splits']``."""
+    splits = spec.extras.get(SPLITS_KEY)
+    if not isinstance(splits, dict):
+        raise ValueError(f"feature spec in {str(feat_dir)!r} has no extras['{SPLITS_KEY}'] mapping split name -> TFRecord glob")
+    if split not in splits:
+        raise ValueError(f"split {split!r} is not in the feature spec; expected one of {sorted(splits)}")
+    pattern = str(Path(feat_dir) / splits[split])
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"split {split!r}: no TFRecord files match {pattern!r}")
+    return files
+
+
+def make_dataset(
+    feat_dir: str | Path,
+    split: str,
+    spec: FeatureSpec,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    columns: Iterable[str] | None = None,
+    repeat: bool = False,
+    deterministic: bool | None = None,
+    shuffle_buffer: int = 10_000,
+) -> tf.data.Dataset:
+    """Batches of parsed records of ``split`` as dicts ``column name -> tensor [batch, *shape]``.
+
+    ``columns`` defaults to every column that the split's records hold (see ``split_columns``).
+    Without ``shuffle`` the order is the sorted file order, then record order within a file
+    (files are read one after the other; parsing stays parallel). With ``shuffle``, up to 8
+    files are interleaved and records shuffled; ``deterministic`` (default: ``not shuffle``)
+    fixes the interleave order, so that with a ``seed`` the order is reproducible too, at a
+    small cost in throughput.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(shuffle_buffer, int) or shuffle_buffer < 1:
+        raise ValueError(f"shuffle_buffer must be an integer >= 1, got {shuffle_buffer!r}")
+    if deterministic is None:
+        deterministic = not shuffle
+    names = split_columns(spec, split) if columns is None else list(columns)
+    description = feature_description(spec, names)
+    files = split_files(feat_dir, split, spec)
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 8) if shuffle else 1,
+        block_length=16,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size)
+    ds = ds.map(
+        lambda records: tf.io.parse_example(records, description),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def count_records(feat_dir: str | Path, split: str, spec: FeatureSpec) -> int:
+    """Number of records in ``split`` (one pass over the raw bytes, no parsing)."""
+    files = split_files(feat_dir, split, spec)
+    ds = tf.data.TFRecordDataset(files).batch(4096).map(lambda b: tf.shape(b, out_type=tf.int64)[0])
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda acc, n: acc + n).numpy())

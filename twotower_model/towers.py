@@ -1,0 +1,191 @@
+"""One tower of the two-tower model, built from the feature spec's columns of that tower.
+
+- ``id`` / ``categorical`` (string scalar): ``StringLookup`` over the column's vocabulary file
+  (index 0 is the out-of-vocabulary bucket) and an ``Embedding(vocabulary_size + 1, embedding_dim)``;
+- ``dense`` (float32 scalar or vector): used as is (the feature jobs normalise statistics with
+  train-window statistics; embeddings come PCA-compressed);
+- ``count`` (int64 scalar): ``log1p`` of the count (negative counts are clipped to 0);
+
+all concatenated, then an MLP (``hidden_units``, relu) and a linear ``Dense(output_dim)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from twotower_features.spec import Column, FeatureSpec, read_vocabulary
+
+TOWER_KINDS = ("id", "categorical", "dense", "count")
+_TF_DTYPES = {"string": tf.string, "float32": tf.float32, "int64": tf.int64}
+
+
+def _column_dict(col: Column) -> dict[str, Any]:
+    return {"name": col.name, "dtype": col.dtype, "shape": list(col.shape), "kind": col.kind}
+
+
+def load_vocabularies(spec: FeatureSpec, feat_dir: str | Path, columns: Sequence[Column]) -> dict[str, list[str]]:
+    """Vocabularies of the id/categorical ``columns``, read from the files the spec names."""
+    vocabularies: dict[str, list[str]] = {}
+    for col in columns:
+        if col.kind not in ("id", "categorical"):
+            continue
+        path = Path(feat_dir) / str(col.vocabulary_file)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"column {col.name!r}: vocabulary_file {col.vocabulary_file!r} declared in the feature spec does not exist at {str(path)!r}"
+            )
+        vocab = read_vocabulary(feat_dir, col)
+        if not vocab:
+            raise ValueError(f"column {col.name!r}: vocabulary_file {str(path)!r} is empty; expected one value per line")
+        if col.vocabulary_size is not None and col.vocabulary_size != len(vocab):
+            raise ValueError(
+                f"column {col.name!r}: feature spec says vocabulary_size={col.vocabulary_size} but {str(path)!r} has {len(vocab)} lines"
+            )
+        if len(set(vocab)) != len(vocab):
+            raise ValueError(f"column {col.name!r}: vocabulary_file {str(path)!r} lists a value more than once")
+        vocabularies[col.name] = vocab
+    return vocabularies
+
+
+@keras.saving.register_keras_serializable(package="twotower")
+class Tower(keras.Model):
+    """Maps a dict of raw feature tensors (the tower's columns; other keys are ignored) to a
+    ``[batch, output_dim]`` embedding."""
+
+    def __init__(
+        self,
+        columns: Sequence[Mapping[str, Any]],
+        vocabularies: Mapping[str, Sequence[str]],
+        embedding_dim: int,
+        hidden_units: Sequence[int],
+        output_dim: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not columns:
+            raise ValueError(f"tower {self.name!r} has no columns; the feature spec must assign at least one column to it")
+        self.tower_columns = [dict(c, shape=list(c["shape"])) for c in columns]
+        self.embedding_dim = int(embedding_dim)
+        self.hidden_units = [int(u) for u in hidden_units]
+        self.output_dim = int(output_dim)
+        self.lookups: dict[str, keras.layers.StringLookup] = {}
+        self.embeddings: dict[str, keras.layers.Embedding] = {}
+        for c in self.tower_columns:
+            _check_column(self.name, c)
+            if c["kind"] in ("id", "categorical"):
+                vocab = vocabularies.get(c["name"])
+                if not vocab:
+                    raise ValueError(f"tower {self.name!r}: column {c['name']!r} of kind {c['kind']!r} needs a non-empty vocabulary")
+                self.lookups[c["name"]] = keras.layers.StringLookup(
+                    vocabulary=vocab, num_oov_indices=1, mask_token=None, name=f"{c['name']}_lookup"
+                )
+                self.embeddings[c["name"]] = keras.layers.Embedding(
+                    len(vocab) + 1, self.embedding_dim, name=f"{c['name']}_embedding"
+                )
+        self.hidden = [keras.layers.Dense(u, activation="relu", name=f"hidden_{i}") for i, u in enumerate(self.hidden_units)]
+        self.projection = keras.layers.Dense(self.output_dim, name="output")
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: FeatureSpec,
+        feat_dir: str | Path,
+        tower: str,
+        *,
+        embedding_dim: int,
+        hidden_units: Sequence[int],
+        output_dim: int,
+    ) -> "Tower":
+        if tower not in ("user", "item"):
+            raise ValueError(f"tower must be 'user' or 'item', got {tower!r}")
+        cols = spec.tower_columns(tower)
+        if not cols:
+            raise ValueError(f"feature spec assigns no column to the {tower} tower; expected at least one column with tower {tower!r}")
+        return cls(
+            columns=[_column_dict(c) for c in cols],
+            vocabularies=load_vocabularies(spec, feat_dir, cols),
+            embedding_dim=embedding_dim,
+            hidden_units=hidden_units,
+            output_dim=output_dim,
+            name=f"{tower}_tower",
+        )
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c["name"] for c in self.tower_columns]
+
+    def input_signature(self) -> dict[str, tf.TensorSpec]:
+        """Raw inputs of the tower: ``[batch, *shape]`` tensors of the spec's dtype."""
+        return {
+            c["name"]: tf.TensorSpec([None, *c["shape"]], _TF_DTYPES[c["dtype"]], name=c["name"])
+            for c in self.tower_columns
+        }
+
+    def build(self, input_shape: Any = None) -> None:
+        """Create every weight from the column shapes (the input shapes are implied by the spec)."""
+        if self.built:
+            return
+        width = 0
+        for c in self.tower_columns:
+            if c["kind"] in ("id", "categorical"):
+                self.embeddings[c["name"]].build((None,))
+                width += self.embedding_dim
+            elif c["kind"] == "dense":
+                width += c["shape"][0] if c["shape"] else 1
+            else:
+                width += 1
+        for layer in self.hidden:
+            layer.build((None, width))
+            width = layer.units
+        self.projection.build((None, width))
+        self.built = True
+
+    def call(self, features: Mapping[str, Any], training: bool | None = None) -> Any:
+        parts = []
+        for c in self.tower_columns:
+            name = c["name"]
+            if name not in features:
+                raise KeyError(f"tower {self.name!r} needs feature {name!r}; got {sorted(features)}")
+            x = features[name]
+            if c["kind"] in ("id", "categorical"):
+                parts.append(self.embeddings[name](self.lookups[name](x)))
+            elif c["kind"] == "dense":
+                parts.append(ops.reshape(ops.cast(x, "float32"), (-1, c["shape"][0] if c["shape"] else 1)))
+            else:  # count
+                parts.append(ops.reshape(ops.log1p(ops.maximum(ops.cast(x, "float32"), 0.0)), (-1, 1)))
+        h = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
+        for layer in self.hidden:
+            h = layer(h)
+        return self.projection(h)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "columns": self.tower_columns,
+            "vocabularies": {
+                name: lookup.get_vocabulary(include_special_tokens=False) for name, lookup in self.lookups.items()
+            },
+            "embedding_dim": self.embedding_dim,
+            "hidden_units": self.hidden_units,
+            "output_dim": self.output_dim,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Tower":
+        return cls(**config)
+
+
+def _check_column(tower: str, c: Mapping[str, Any]) -> None:
+    name, kind, dtype, shape = c["name"], c["kind"], c["dtype"], list(c["shape"])
+    if kind not in TOWER_KINDS:
+        raise ValueError(f"tower {tower!r}: column {name!r} has kind {kind!r}; a tower column must be one of {TOWER_KINDS}")
+    if kind in ("id", "categorical") and (dtype != "string" or shape):
+        raise ValueError(f"tower {tower!r}: {kind} column {name!r} must be a string scalar (shape []), got {dtype} {shape}")
+    if kind == "dense" and dtype != "float32":
+        raise ValueError(f"tower {tower!r}: dense column {name!r} must have dtype float32, got {dtype!r}")
+    if kind == "count" and (dtype != "int64" or shape):
+        raise ValueError(f"tower {tower!r}: count column {name!r} must be an int64 scalar (shape []), got {dtype} {shape}")
