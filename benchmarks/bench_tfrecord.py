@@ -62,13 +62,15 @@ def make_table(n: int, seed: int = 0) -> pa.Table:
     )
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """Median wall seconds and median CPU seconds of this process (robust to a busy machine)."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> None:
@@ -125,12 +127,18 @@ def main() -> None:
         raise SystemExit(f"read back {n_back} records, wrote {args.rows}")
 
     size = (tmp / "ours.tfrecord").stat().st_size
-    ours_rps, loop_rps, raw_rps = args.rows / t_ours, m / t_loop, args.rows / t_raw
-    print(f"rows: {args.rows} ({size / args.rows:.0f} bytes/record, {size / 1e6:.1f} MB), median of {args.repeats}")
-    print(f"ours  (encode_batch + frame_records + write): {ours_rps:12,.0f} rows/s  ({t_ours:.3f} s)")
-    print(f"loop  (tf.train.Example + TFRecordWriter, {m} rows): {loop_rps:12,.0f} rows/s  ({t_loop:.3f} s)")
-    print(f"ceiling (TFRecordWriter, pre-serialised records): {raw_rps:12,.0f} rows/s  ({t_raw:.3f} s)")
-    print(f"ratio ours/loop: {ours_rps / loop_rps:.1f}x   ours/ceiling: {ours_rps / raw_rps:.2f}x")
+    print(f"rows: {args.rows} ({size / args.rows:.0f} bytes/record, {size / 1e6:.1f} MB), median of {args.repeats}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    rates = {}
+    for label, rows, (wall, cpu) in (
+        ("ours (encode_batch + frame_records + write)", args.rows, t_ours),
+        (f"loop (tf.train.Example + TFRecordWriter, {m} rows)", m, t_loop),
+        ("ceiling (TFRecordWriter, pre-serialised records)", args.rows, t_raw),
+    ):
+        rates[label.split()[0]] = (rows / wall, rows / cpu)
+        print(f"{label:52s} {rows / wall:11,.0f} rows/s wall ({wall:.3f} s)  {rows / cpu:11,.0f} rows/s per CPU-second")
+    (ow, oc), (lw, lc), (rw, rc) = rates["ours"], rates["loop"], rates["ceiling"]
+    print(f"ratio ours/loop: {ow / lw:.1f}x wall, {oc / lc:.1f}x CPU;  ours/ceiling: {ow / rw:.2f}x wall, {oc / rc:.2f}x CPU")
     for p in tmp.iterdir():
         p.unlink()
     tmp.rmdir()

@@ -56,8 +56,8 @@ def main(master: str | None, conf: tuple[str, ...]) -> None:
 # ------------------------------------------------------------------------------ generate
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the input tables.")
-@click.option("--users", default=2000, show_default=True, type=click.IntRange(1))
-@click.option("--items", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--users", default=2000, show_default=True, type=click.IntRange(20))
+@click.option("--items", default=1000, show_default=True, type=click.IntRange(20))
 @click.option("--days", default=18, show_default=True, type=click.IntRange(1))
 @click.option("--start", default="2026-06-18", show_default=True, help="First day (YYYY-MM-DD).")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -66,6 +66,7 @@ def main(master: str | None, conf: tuple[str, ...]) -> None:
 @click.pass_context
 def generate(ctx, out, users, items, days, start, seed, embedding_dim, bad_row_share):
     """Synthetic input tables with a known latent preference structure."""
+    from .generate import GenerateError
     from .generate import generate as run
 
     try:
@@ -73,7 +74,10 @@ def generate(ctx, out, users, items, days, start, seed, embedding_dim, bad_row_s
     except ValueError:
         raise click.BadParameter(f"expected YYYY-MM-DD, got {start!r}", param_hint="--start") from None
     spark = _spark(ctx, "twotower-generate")
-    report = run(spark, out, users=users, items=items, days=days, start=start_date, seed=seed, embedding_dim=embedding_dim, bad_row_share=bad_row_share)
+    try:
+        report = run(spark, out, users=users, items=items, days=days, start=start_date, seed=seed, embedding_dim=embedding_dim, bad_row_share=bad_row_share)
+    except GenerateError as e:
+        raise click.BadParameter(str(e)) from None
     click.echo(json.dumps(report.get("rows", report), indent=2, default=str))
 
 
@@ -145,8 +149,8 @@ def metrics(predictions, out):
 # ------------------------------------------------------------------------------ demo
 @main.command()
 @click.option("--out", default="demo-output", show_default=True, type=click.Path(file_okay=False))
-@click.option("--users", default=1500, show_default=True, type=click.IntRange(10))
-@click.option("--items", default=800, show_default=True, type=click.IntRange(10))
+@click.option("--users", default=1500, show_default=True, type=click.IntRange(20))
+@click.option("--items", default=800, show_default=True, type=click.IntRange(20))
 @click.option("--config", "config", default="demo", show_default=True, help="Experiment config or catalog name.")
 @click.pass_context
 def demo(ctx, out, users, items, config):

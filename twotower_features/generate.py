@@ -27,8 +27,10 @@ negative (under all three seed label rules), cold items with at most 2 views, us
 that appear only on the last two days, same-instant event pairs of one user (different items),
 and, when ``bad_row_share > 0``, contract-breaking rows (null ``user_id``, negative
 ``time_spent``, NaN ``fraction_watched``, unknown ``item_id``, exact duplicate event). Bad rows
-are never drawn from the special users nor from the forced cold/late-item views, so those cases
-hold on the valid rows; bad rows get no ground-truth row.
+are never drawn from the heavy, no-positive and no-negative users nor from the forced
+cold/late-item views, so those cases hold on the valid rows; bad rows get no ground-truth row.
+No-positive and no-negative users behave by construction: their ground-truth probability is
+0 and 1 (heavy users follow the model).
 
 Determinism: all randomness comes from ``numpy`` generators seeded by ``(seed, table tag,
 block index)``; users are generated in fixed blocks of ``USER_BLOCK`` user indices and items in
@@ -609,13 +611,16 @@ def generate(
     facts = world["facts"]
     say(f"generate: latent world built ({p.users} users, {p.items} items, {p.creators} creators, {p.topics} topics)")
 
-    def write(df: Any, name: str, partition_by: str | None = None) -> int:
+    def write(df: Any, name: str, rows: int | None = None, partition_by: str | None = None) -> int:
+        """Write one table (static overwrite: a rerun replaces every partition); count it
+        from the written files unless the count is already known."""
         path = _join(out, name)
         sc.setJobDescription(f"generate: write {name}")
         w = df.write.mode("overwrite").option("partitionOverwriteMode", "static")
         (w.partitionBy(partition_by) if partition_by else w).parquet(path)
-        sc.setJobDescription(f"generate: count {name}")
-        rows = spark.read.parquet(path).count()
+        if rows is None:
+            sc.setJobDescription(f"generate: count {name}")
+            rows = spark.read.parquet(path).count()
         say(f"generate: {name}: {rows} rows -> {path}")
         return rows
 
@@ -636,7 +641,7 @@ def generate(
         F.col("followers").alias(C.CREATOR_PERFORMANCE_PREFIX + "followers"),
         F.col("avg_fw").alias(C.CREATOR_PERFORMANCE_PREFIX + "avg_fw"),
     )
-    rows = {"items": write(items_df, "items")}
+    rows = {"items": write(items_df, "items", p.items)}
     items_bc.unpersist()
 
     # users
@@ -649,7 +654,7 @@ def generate(
         F.element_at(makers, F.col("handset") + 1).alias(C.HANDSET_MAKER),
         F.col("activity_profile").alias(C.ACTIVITY_PROFILE),
     )
-    rows["users"] = write(users_df, "users")
+    rows["users"] = write(users_df, "users", p.users)
     roles_bc.unpersist()
 
     # interactions: generated once, persisted, then written as several tables
@@ -683,9 +688,12 @@ def generate(
             F.sum(F.expr(RULE_3).cast("long")).alias("rule_3"),
             F.sum(C.TRUE_PROB).alias("prob"),
         ).collect()
-        rows["interactions"] = write(raw.select(*C.INTERACTION_COLUMNS), "interactions", partition_by=C.DT)
+        n_all = sum(s["rows"] for s in summary)
+        n_valid = sum(s["rows"] for s in summary if s["kind"] == KIND_VALID)
+        say(f"generate: interactions generated: {n_all} rows ({n_all - n_valid} contract-breaking)")
+        rows["interactions"] = write(raw.select(*C.INTERACTION_COLUMNS), "interactions", n_all, partition_by=C.DT)
         valid = raw.filter(F.col("kind") == KIND_VALID)
-        rows["ground_truth"] = write(valid.select(C.USER_ID, C.ITEM_ID, C.EVENT_TS, C.TRUE_PROB), "ground_truth")
+        rows["ground_truth"] = write(valid.select(C.USER_ID, C.ITEM_ID, C.EVENT_TS, C.TRUE_PROB), "ground_truth", n_valid)
         for key, name in ((C.USER_ID, "user_stats"), (C.ITEM_ID, "item_stats"), (C.CREATOR_ID, "creator_stats")):
             stats = valid.groupBy(key, C.DT).agg(
                 F.avg(label1.cast("double")).alias(C.STAT_CTR),

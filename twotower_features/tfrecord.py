@@ -69,6 +69,7 @@ __all__ = [
     "masked_crc32c",
     "write_tfrecords",
     "shard_name",
+    "check_columns_present",
     "SUCCESS_FILE",
 ]
 
@@ -746,7 +747,13 @@ def write_tfrecords(
     folder and leaves the previous output as it was; a run killed outright leaves siblings that
     the next run cleans (restoring the previous output if it was killed between the two
     renames). Between the two renames ``out_dir`` is briefly absent, never partial. One writer
-    per ``out_dir`` at a time.
+    per ``out_dir`` at a time. The swap renames folders, which local disks and HDFS do; on an
+    object store without folder rename (S3 may be one; not tested) the swap step fails, the tmp
+    folder is removed and the previous output stays.
+
+    Staging files are named ``part-<partition>-attempt-<task attempt id>.tfrecord`` (Spark's
+    app-wide unique task attempt id, so retried or speculative attempts never share a file); the
+    driver publishes the one attempt per partition that Spark reports as successful.
 
     Returns ``{"rows", "shards", "bytes", "paths"}`` (paths of the published shards, in order).
     """
@@ -776,6 +783,7 @@ def write_tfrecords(
     tmp_path, tmp_uri = f"{path}.tmp-{run}", f"{uri}.tmp-{run}"
     staging_path = posixpath.join(tmp_path, f"_staging-{run}")
     staging_uri = _join_uri(tmp_uri, f"_staging-{run}")
+    old_path = f"{path}.old-{run}"
     filesystem.create_dir(staging_path, recursive=True)
     try:
         from pyspark.sql import functions as F
@@ -818,20 +826,24 @@ def write_tfrecords(
         with filesystem.open_output_stream(posixpath.join(tmp_path, SUCCESS_FILE)) as f:
             f.write(json.dumps({"rows": rows, "shards": num_shards, "bytes": total_bytes, "shard_rows": shard_rows}).encode())
 
-        old_path = f"{path}.old-{run}"
         had_old = _exists(filesystem, path)
         if had_old:
             filesystem.move(path, old_path)
         filesystem.move(tmp_path, path)
-        if had_old:
-            filesystem.delete_dir(old_path)
     except BaseException:
         try:
             if _exists(filesystem, tmp_path):
                 filesystem.delete_dir(tmp_path)
+            if _exists(filesystem, old_path) and not _exists(filesystem, path):
+                filesystem.move(old_path, path)  # the swap failed half-way: put the previous output back
         except OSError:
             pass
         raise
+    if had_old:
+        try:
+            filesystem.delete_dir(old_path)
+        except OSError:
+            pass  # published already; the next run deletes the leftover
     return {"rows": rows, "shards": num_shards, "bytes": total_bytes, "paths": paths}
 
 
