@@ -94,7 +94,11 @@ def make_dataset(
         raise ValueError(f"shuffle_buffer must be an integer >= 1, got {shuffle_buffer!r}")
     if deterministic is None:
         deterministic = not shuffle
-    names = split_columns(spec, split) if columns is None else list(columns)
+    held = split_columns(spec, split)
+    names = held if columns is None else list(columns)
+    missing = [n for n in names if n not in held]
+    if missing:
+        raise ValueError(f"split {split!r} records do not hold column(s) {missing}; they hold {held}")
     description = feature_description(spec, names)
     files = split_files(feat_dir, split, spec)
 

@@ -20,6 +20,7 @@ batch's items with the positives as queries and the logQ correction of Yi et al.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 import keras
@@ -27,7 +28,9 @@ import tensorflow as tf
 from keras import ops
 
 from twotower_features.config import HEADS, ModelConfig
+from twotower_features.spec import FeatureSpec
 
+from .data import item_id_column
 from .towers import Tower
 
 QUERY = "query"
@@ -218,7 +221,8 @@ class TwoTowerModel(keras.Model):
         c = self.head.candidate(self.item_tower(features, training=training), training=training)
         return {QUERY: q, CANDIDATE: c, SCORE: ops.sum(q * c, axis=-1)}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):  # noqa: D102 (Keras API)
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras' hook: the task's loss on the batch ``x`` (labels and weights are columns of it)."""
         loss = self.task(x, y_pred)
         if self.losses:
             loss = loss + ops.sum(self.losses)
@@ -241,7 +245,7 @@ class TwoTowerModel(keras.Model):
         return cls(name=config.get("name"), **kwargs)
 
 
-def build_model(spec, feat_dir, cfg: ModelConfig, *, item_counts: Mapping[str, float] | None = None) -> TwoTowerModel:
+def build_model(spec: FeatureSpec, feat_dir: str | Path, cfg: ModelConfig, *, item_counts: Mapping[str, float] | None = None) -> TwoTowerModel:
     """Both towers from the feature spec, the head and the task of ``cfg``."""
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
@@ -252,7 +256,7 @@ def build_model(spec, feat_dir, cfg: ModelConfig, *, item_counts: Mapping[str, f
     if cfg.loss == "bce":
         task: keras.layers.Layer = BinaryTask(label=spec.label, weight=spec.weight, name="task")
     else:
-        task = InBatchSoftmaxTask(label=spec.label, weight=spec.weight, item_key="item_id", item_counts=item_counts, name="task")
+        task = InBatchSoftmaxTask(label=spec.label, weight=spec.weight, item_key=item_id_column(spec), item_counts=item_counts, name="task")
     model = TwoTowerModel(user, item, head, task, name="two_tower")
     model.build()
     return model

@@ -416,3 +416,9 @@ def test_lazy_adam_moves_only_touched_rows_by_hand_computed_steps():
 def test_unknown_optimizer_is_named():
     with pytest.raises(ValueError, match="optimizer must be one of.*'sgd'"):
         tmodel.make_optimizer(0.01, "sgd")
+
+
+def test_asking_catalog_for_a_label_is_named(feat):
+    root, _ = feat
+    with pytest.raises(ValueError, match=r"'catalog' records do not hold column\(s\) \['label'\]"):
+        tdata.make_dataset(root, "catalog", FeatureSpec.load(root), batch_size=8, shuffle=False, seed=0, columns=["item_id", "label"])
