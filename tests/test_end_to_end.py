@@ -63,12 +63,18 @@ def test_no_history_item_at_or_after_its_example(spark, built):
     _, out, cfg, _ = built
     ex = spark.read.format("delta").load(str(out / "tables" / "examples"))
     events = spark.read.format("delta").load(str(out / "tables" / "filtered"))
-    # every history item must be a qualifying event of the same user strictly before the example
-    pos = ex.select(C.USER_ID, C.EVENT_TS, F.posexplode("pos_history").alias("k", "h"))
-    earlier = events.filter(F.col(C.LABEL) == 1).select(C.USER_ID, F.col(C.ITEM_ID).alias("h"), F.col(C.EVENT_TS).alias("hts"))
-    joined = pos.join(earlier, [C.USER_ID, "h"], "left").filter(F.col("hts") < F.col(C.EVENT_TS))
-    assert pos.count() > 0
-    assert joined.select(C.USER_ID, C.EVENT_TS, "k").distinct().count() == pos.count()
+    qualifying = {
+        "pos_history": F.col(C.LABEL) == 1,
+        "neg_history": (F.col(C.LABEL) == 0) & (F.col(C.TIME_SPENT) < F.col(C.ITEM_AVG_TIME_SPENT)),
+    }
+    for side, rule in qualifying.items():
+        # every history item must be a qualifying event of the same user strictly before the example
+        hist = ex.select(C.USER_ID, F.col(C.ITEM_ID).alias("ex_item"), C.EVENT_TS, F.posexplode(side).alias("k", "h"))
+        earlier = events.filter(rule).select(C.USER_ID, F.col(C.ITEM_ID).alias("h"), F.col(C.EVENT_TS).alias("hts"))
+        joined = hist.join(earlier, [C.USER_ID, "h"], "left").filter(F.col("hts") < F.col(C.EVENT_TS))
+        n = hist.count()
+        assert n > 0, side
+        assert joined.select(C.USER_ID, "ex_item", C.EVENT_TS, "k").distinct().count() == n, side
 
 
 def test_positive_history_equals_an_independent_self_join(spark, built):
