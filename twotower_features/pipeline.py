@@ -221,6 +221,15 @@ def _zscore_apply(df: DataFrame, stats: dict[str, tuple[float, float]]) -> DataF
     return df
 
 
+def _performance_vectors(df: DataFrame) -> DataFrame:
+    """`item_performance` / `creator_performance`: the (normalised) numeric columns as one vector, in name order."""
+    for prefix, name in ((C.ITEM_PERFORMANCE_PREFIX, "item_performance"), (C.CREATOR_PERFORMANCE_PREFIX, "creator_performance")):
+        cs = sorted(c for c in df.columns if c.startswith(prefix))
+        if cs:
+            df = df.withColumn(name, F.array(*[F.col(c).cast("float") for c in cs]))
+    return df
+
+
 def _stats_as_of_previous_day(spark: SparkSession, input_dir: str, table: str, key: str, prefix: str) -> DataFrame | None:
     """Stats keyed by (id, dt) shifted so that an example on day D joins the row of D-1."""
     df = io.read_table(spark, io.table_path(input_dir, table), required=False)
@@ -294,10 +303,7 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     norm = _zscore_fit(examples.filter(F.col(C.SPLIT) == C.TRAIN), stat_cols + perf_cols)
     io.write_json_atomic(f"{art}/normalisation.json", norm)
     examples = _zscore_apply(examples, norm)
-    for prefix, name in ((C.ITEM_PERFORMANCE_PREFIX, "item_performance"), (C.CREATOR_PERFORMANCE_PREFIX, "creator_performance")):
-        cs = [c for c in perf_cols if c.startswith(prefix)]
-        if cs:
-            examples = examples.withColumn(name, F.array(*[F.col(c).cast("float") for c in cs]))
+    examples = _performance_vectors(examples)
     if "item_emb" in cfg.features.item:
         examples = examples.withColumn("item_emb", F.col(f"{cfg.embeddings.item_source}_pca"))
 
@@ -405,10 +411,7 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
         items = items.withColumn("item_emb", F.col(f"{cfg.embeddings.item_source}_pca"))
     norm = json.loads(Path(f"{art}/normalisation.json").read_text())
     items = _zscore_apply(items, {k: v for k, v in norm.items() if k in items.columns})
-    for prefix, name in ((C.ITEM_PERFORMANCE_PREFIX, "item_performance"), (C.CREATOR_PERFORMANCE_PREFIX, "creator_performance")):
-        cs = sorted(c for c in items.columns if c.startswith(prefix))
-        if cs:
-            items = items.withColumn(name, F.array(*[F.col(c).cast("float") for c in cs]))
+    items = _performance_vectors(items)
     last_day = cfg.window.validation_date
     for table, key, prefix in (("item_stats", C.ITEM_ID, "item"), ("creator_stats", C.CREATOR_ID, "creator")):
         st = _stats_as_of_previous_day(spark, input_dir, table, key, prefix)
