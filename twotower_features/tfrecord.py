@@ -307,21 +307,30 @@ def _null_element_error(col: Column, values: pa.Array, d: int) -> TFRecordError:
     return TFRecordError(f"column {col.name!r}: row {row} of the batch has a null at position {item - row * d}; expected {col.dtype} values only")
 
 
-def _float_values(col: Column, arr: pa.Array) -> np.ndarray:
-    """float32 column -> (n * d,) little-endian float32 values."""
+def _non_null_values(col: Column, arr: pa.Array, type_ok, expected_type: str, expected_value: str) -> pa.Array:
+    """The flat values of a scalar or vector column, after checking their type and that none is null."""
     arr = _unwrap_dictionary(arr)
     if col.shape:
         values, d = _split_vector(col, arr)
     else:
         values, d = arr, 1
-    t = values.type
-    if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)):
-        raise _type_error(col, arr.type, "float/double (or integer/decimal)" + (" list elements" if col.shape else ""))
+    if not type_ok(values.type):
+        raise _type_error(col, arr.type, expected_type)
     if values.null_count:
         if col.shape:
             raise _null_element_error(col, values, d)
         row = _first_true(values.is_null().to_numpy(zero_copy_only=False))
-        raise TFRecordError(f"column {col.name!r}: row {row} of the batch is null; expected a float32 value")
+        raise TFRecordError(f"column {col.name!r}: row {row} of the batch is null; expected {expected_value}")
+    return values
+
+
+def _float_values(col: Column, arr: pa.Array) -> np.ndarray:
+    """float32 column -> (n * d,) little-endian float32 values."""
+    values = _non_null_values(
+        col, arr, lambda t: pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t),
+        "float/double (or integer/decimal)" + (" list elements" if col.shape else ""), "a float32 value",
+    )
+    t = values.type
     if pa.types.is_decimal(t):
         values = values.cast(pa.float64())
     return values.to_numpy(zero_copy_only=False).astype("<f4", copy=False)
@@ -329,19 +338,11 @@ def _float_values(col: Column, arr: pa.Array) -> np.ndarray:
 
 def _int_values(col: Column, arr: pa.Array) -> np.ndarray:
     """int64 column -> (n * d,) int64 values (timestamps in microseconds since the epoch)."""
-    arr = _unwrap_dictionary(arr)
-    if col.shape:
-        values, d = _split_vector(col, arr)
-    else:
-        values, d = arr, 1
+    values = _non_null_values(
+        col, arr, lambda t: pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_timestamp(t),
+        "an integer, boolean or timestamp" + (" list" if col.shape else ""), "an int64 value",
+    )
     t = values.type
-    if not (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_timestamp(t)):
-        raise _type_error(col, arr.type, "an integer, boolean or timestamp" + (" list" if col.shape else ""))
-    if values.null_count:
-        if col.shape:
-            raise _null_element_error(col, values, d)
-        row = _first_true(values.is_null().to_numpy(zero_copy_only=False))
-        raise TFRecordError(f"column {col.name!r}: row {row} of the batch is null; expected an int64 value")
     if pa.types.is_timestamp(t):
         raw = values.cast(pa.int64()).to_numpy(zero_copy_only=False)
         unit = t.unit
