@@ -5,6 +5,7 @@ Only this module (and the job files that call it) reads config files; the librar
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -116,7 +117,7 @@ def train(features_dir, model_dir, config, epochs):
     from twotower_model.train import train as run
 
     cfg = load_config(config) if config else ExperimentConfig.from_dict(json.loads(Path(features_dir, "resolved_config.json").read_text()))
-    model_cfg = cfg.model if epochs is None else cfg.model.__class__(**{**cfg.model.__dict__, "epochs": epochs})
+    model_cfg = cfg.model if epochs is None else dataclasses.replace(cfg.model, epochs=epochs)
     report = run(features_dir, model_dir, model_cfg, progress=click.echo)
     click.echo(json.dumps({k: v for k, v in report.items() if not isinstance(v, (list, dict))}, indent=2, default=str))
 

@@ -319,10 +319,6 @@ class ExperimentConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def replace(self, **sections: Any) -> "ExperimentConfig":
-        """A copy with whole sections or top-level fields replaced."""
-        return dataclasses.replace(self, **sections)
-
     def data_hash(self) -> str:
         """Hash of everything that decides the feature outputs (not the model section)."""
         d = self.to_dict()

@@ -15,6 +15,7 @@ on the train split only and saved under ``artifacts/`` before it is applied.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 from pathlib import Path
@@ -256,21 +257,6 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     if not cfg.sampling.validation:
         sampled = sampled.unionByName(filtered.filter(F.col(C.SPLIT) == C.VALIDATION))
     items = spark.read.parquet(f"{art}/items.parquet")
-    aggs = cfg.history.aggregations
-    if aggs or cfg.history.keep_lists:
-        hist_users = sampled.select(C.USER_ID).distinct()
-        events = filtered.join(hist_users, C.USER_ID, "left_semi")
-        if aggs:
-            events = events.join(F.broadcast(items.select(C.ITEM_ID, "item_idx", *([C.ITEM_CLUSTER] if "clusters" in aggs else []))), C.ITEM_ID)
-        matrix = f"{art}/history_matrix.npy" if {"mean", "concat"} & set(aggs) else None
-        if matrix:
-            spark.sparkContext.addFile(matrix)
-        params = HistoryParams(
-            n=cfg.history.n, aggregations=aggs, concat_k=cfg.history.concat_k, keep_lists=cfg.history.keep_lists,
-            emb_dim=cfg.embeddings.pca_components, n_clusters=cfg.embeddings.kmeans_k, matrix_file=matrix,
-        )
-        hist = compute_histories(events, params)
-        sampled = sampled.join(hist, [C.USER_ID, C.ITEM_ID, C.EVENT_TS], "left")
 
     train_s = sampled.filter(F.col(C.SPLIT) == C.TRAIN)
     pos, neg = class_counts(train_s)
@@ -306,6 +292,24 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     examples = _performance_vectors(examples)
     if "item_emb" in cfg.features.item:
         examples = examples.withColumn("item_emb", F.col(f"{cfg.embeddings.item_source}_pca"))
+
+    # histories add columns row for row (event keys are unique), so they are joined last: the
+    # counts and the normalisation fit above do not compute them again
+    aggs = cfg.history.aggregations
+    if aggs or cfg.history.keep_lists:
+        hist_users = sampled.select(C.USER_ID).distinct()
+        events = filtered.join(hist_users, C.USER_ID, "left_semi")
+        if aggs:
+            events = events.join(F.broadcast(items.select(C.ITEM_ID, "item_idx", *([C.ITEM_CLUSTER] if "clusters" in aggs else []))), C.ITEM_ID)
+        matrix = f"{art}/history_matrix.npy" if {"mean", "concat"} & set(aggs) else None
+        if matrix:
+            spark.sparkContext.addFile(matrix)
+        params = HistoryParams(
+            n=cfg.history.n, aggregations=aggs, concat_k=cfg.history.concat_k, keep_lists=cfg.history.keep_lists,
+            emb_dim=cfg.embeddings.pca_components, n_clusters=cfg.embeddings.kmeans_k, matrix_file=matrix,
+        )
+        hist = compute_histories(events, params)
+        examples = examples.join(hist, [C.USER_ID, C.ITEM_ID, C.EVENT_TS], "left")
 
     io.write_delta(examples, p["examples"], partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg))
     written = spark.read.format("delta").load(p["examples"]).filter(window_filter(cfg.window))
@@ -389,9 +393,8 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
     for c in cols:
         if c.vocabulary_file:
             words = _vocabulary(train, c.name, cfg.output.vocabulary_min_count)
-            io.write_json_atomic(vocab_dir / f"{c.name}.json", {"size": len(words)})
             Path(out, c.vocabulary_file).write_text("\n".join(words) + ("\n" if words else ""))
-            c = Column(**{**c.__dict__, "vocabulary_size": len(words)})
+            c = dataclasses.replace(c, vocabulary_size=len(words))
         sized.append(c)
     freq = train.groupBy(C.ITEM_ID).agg(F.count(F.lit(1)).alias("count")).orderBy(F.col("count").desc(), C.ITEM_ID).toPandas()
     freq.to_csv(f"{art}/item_frequency.csv", index=False)
