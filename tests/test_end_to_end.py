@@ -154,3 +154,104 @@ def test_train_and_evaluate_beat_random(built, tmp_path):
     assert set(rows) == {"model", "random", "popularity", "oracle"}
     assert rows["oracle"]["auc"] > rows["random"]["auc"] + 0.05
     assert rows["model"]["rows"] == rows["oracle"]["rows"] > 0
+
+
+def test_statistics_are_those_of_the_day_before_normalised_with_train_statistics(spark, built):
+    """user/item/creator stats of day D-1, z-scored with the train mean and std, recomputed here."""
+    root, out, _, _ = built
+    norm = json.loads((out / "artifacts" / "normalisation.json").read_text())
+    ex = spark.read.format("delta").load(str(out / "tables" / "examples"))
+    checked = 0
+    for table, key, prefix in (("user_stats", C.USER_ID, "user"), ("item_stats", C.ITEM_ID, "item"), ("creator_stats", C.CREATOR_ID, "creator")):
+        raw = spark.read.parquet(str(root / "data" / table))
+        for stat in (C.STAT_CTR, C.STAT_TIMESPENT):
+            col = f"{prefix}_{stat}"
+            m, s = norm[col]
+            # the independent fit: train examples joined to their D-1 row, population mean and std
+            train_raw = (
+                ex.filter(F.col(C.SPLIT) == "train").select(key, C.DT)
+                .join(raw.select(key, F.date_add(C.DT, 1).alias(C.DT), F.col(stat).alias("v")), [key, C.DT], "left")
+                .agg(F.avg("v").alias("m"), F.stddev_pop("v").alias("s")).collect()[0]
+            )
+            assert m == pytest.approx(train_raw["m"], rel=1e-9) and s == pytest.approx(train_raw["s"], rel=1e-9), col
+            joined = ex.select(key, C.DT, col).join(
+                raw.select(key, F.date_add(C.DT, 1).alias(C.DT), F.col(stat).alias("prev")), [key, C.DT], "left"
+            ).withColumn("expected", F.coalesce((F.col("prev") - F.lit(m)) / F.lit(s), F.lit(0.0)))
+            rows = joined.select(col, "expected", "prev").collect()
+            assert sum(r["prev"] is not None for r in rows) > 0, col
+            np.testing.assert_allclose([r[col] for r in rows], [r["expected"] for r in rows], rtol=1e-5, atol=1e-5, err_msg=col)
+            checked += len(rows)
+    assert checked > 0
+
+
+def test_empty_window_fails_before_any_write(spark, built, tmp_path):
+    import dataclasses
+
+    from twotower_features.pipeline import StageError, run_prepare
+
+    root, _, cfg, _ = built
+    far = dataclasses.replace(cfg, window=dataclasses.replace(cfg.window, validation_date=dt.date(2030, 1, 1)))
+    out = tmp_path / "never"
+    with pytest.raises(StageError, match="no interactions between 2029-12-25 and 2030-01-01"):
+        run_prepare(spark, far, str(root / "data"), str(out), log=lambda s: None)
+    assert not out.exists()
+
+
+def _perturb_validation_day(spark, src: Path, dst: Path, day: dt.date) -> int:
+    """A copy of the inputs whose validation day (and the stats rows only validation examples read)
+    has more, different rows: new events of known users, new users, changed statistics."""
+    import shutil
+
+    for t in ("items", "users", "ground_truth"):
+        shutil.copytree(src / t, dst / t)
+    inter = spark.read.parquet(str(src / "interactions"))
+    val = inter.filter(F.col(C.DT) == F.lit(day))
+    changed = val.select(
+        C.USER_ID, C.ITEM_ID, (F.col(C.EVENT_TS) + F.expr("INTERVAL 1 SECOND")).alias(C.EVENT_TS),
+        (F.col(C.TIME_SPENT) * 7 + 3).alias(C.TIME_SPENT), (1 - F.col(C.FRACTION_WATCHED)).alias(C.FRACTION_WATCHED),
+        (~F.col(C.LIKED)).alias(C.LIKED), (~F.col(C.SHARED)).alias(C.SHARED), C.DT,
+    )
+    strangers = val.select(
+        F.concat(F.lit("new_"), C.USER_ID).alias(C.USER_ID), C.ITEM_ID, C.EVENT_TS, C.TIME_SPENT, C.FRACTION_WATCHED,
+        F.lit(True).alias(C.LIKED), C.SHARED, C.DT,
+    )
+    extra = changed.unionByName(strangers)
+    inter.unionByName(extra).write.partitionBy(C.DT).parquet(str(dst / "interactions"))
+    for table in ("user_stats", "item_stats", "creator_stats"):
+        st = spark.read.parquet(str(src / table))
+        late = F.col(C.DT) >= F.lit(day - dt.timedelta(days=1))
+        st.select(*[F.when(late, F.col(c) * 3 + 0.5).otherwise(F.col(c)).alias(c) if c in (C.STAT_CTR, C.STAT_TIMESPENT) else F.col(c) for c in st.columns]).write.parquet(str(dst / table))
+    return extra.count()
+
+
+def test_validation_day_rows_do_not_move_any_fitted_statistic(spark, built, tmp_path):
+    """Rerun the whole pipeline on inputs whose validation day differs: every fitted artifact and
+    every train example must come out identical, while the validation examples do change."""
+    root, out, cfg, _ = built
+    data_b = tmp_path / "data"
+    added = _perturb_validation_day(spark, root / "data", data_b, cfg.window.validation_date)
+    assert added > 0
+    out_b = tmp_path / "features"
+    run_features(spark, cfg, str(data_b), str(out_b), log=lambda s: None)
+
+    for name in ("item_avg_time_spent", "item_filter", "client_filter"):
+        a = spark.read.parquet(str(out / "artifacts" / name))
+        b = spark.read.parquet(str(out_b / "artifacts" / name))
+        assert a.count() == b.count() > 0 and a.exceptAll(b).count() == 0 and b.exceptAll(a).count() == 0, name
+    ea, eb = np.load(out / "artifacts" / "embeddings.npz"), np.load(out_b / "artifacts" / "embeddings.npz")
+    assert sorted(ea.files) == sorted(eb.files) and ea.files
+    for k in ea.files:
+        np.testing.assert_array_equal(ea[k], eb[k], err_msg=k)
+    assert json.loads((out / "artifacts" / "normalisation.json").read_text()) == json.loads((out_b / "artifacts" / "normalisation.json").read_text())
+    for f in sorted((out / "vocab").glob("*.txt")):
+        assert f.read_text() == (out_b / "vocab" / f.name).read_text(), f.name
+    assert (out / "artifacts" / "item_frequency.csv").read_text() == (out_b / "artifacts" / "item_frequency.csv").read_text()
+
+    def split(path: Path, s: str):
+        return spark.read.format("delta").load(str(path / "tables" / "examples")).filter(F.col(C.SPLIT) == s)
+
+    ta, tb = split(out, "train"), split(out_b, "train")
+    assert ta.count() == tb.count() > 0
+    assert ta.exceptAll(tb).count() == 0 and tb.exceptAll(ta).count() == 0
+    va, vb = split(out, "validation"), split(out_b, "validation")
+    assert vb.count() > va.count()  # the perturbed validation day did reach the validation examples

@@ -21,7 +21,7 @@ and every function here ignores those slots.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -87,11 +87,18 @@ def _topk_batched(
         if excl_rows.size:
             a, b = np.searchsorted(excl_rows, [lo, hi])
             scores[excl_rows[a:b] - lo, excl_items[a:b]] = -np.inf
-        if k < n_items:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        if k < n_items:  # the k largest sit at the end; partitioning there is ~2x faster than on -scores
+            part = np.argpartition(scores, n_items - k, axis=1)[:, n_items - k:]
         else:
             part = np.broadcast_to(np.arange(n_items), scores.shape).copy()
         top_scores = np.take_along_axis(scores, part, axis=1)
+        if k < n_items:  # argpartition picks freely among items tied at the k-th score: redo those rows
+            kth = top_scores.min(axis=1, keepdims=True)
+            tied = (scores == kth).sum(axis=1) > (top_scores == kth).sum(axis=1)
+            redo = np.flatnonzero(tied & np.isfinite(kth[:, 0]))
+            if redo.size:
+                part[redo] = np.argsort(-scores[redo], axis=1, kind="stable")[:, :k]
+                top_scores[redo] = np.take_along_axis(scores[redo], part[redo], axis=1)
         order = np.lexsort((part, -top_scores), axis=-1)  # score desc, then item index
         part = np.take_along_axis(part, order, axis=1)
         top_scores = np.take_along_axis(top_scores, order, axis=1)
@@ -111,17 +118,19 @@ def topk_from_embeddings(
     """Exact top-``k`` items per user by dot product over the whole catalog.
 
     Returns ``(n_users, k)`` item indices, best first; equal scores are ordered by item index,
-    except at the k-th place, where ``np.argpartition`` picks among tied items. ``exclude``
-    holds, per user, item indices never to recommend (e.g. the user's train positives); a
-    slot left without a candidate is ``-1``.
+    also across the k-th place (a row whose k-th score is shared with an item left out of the
+    partition is re-ranked with a stable sort), so even a collapsed model's lists are
+    deterministic. ``exclude`` holds, per user, item indices never to recommend (e.g. the
+    user's train positives); a slot left without a candidate is ``-1``.
 
     Users are scored in batches of ``batch_size`` (default: 2**24 scores, 64 MiB of float32,
     per batch), so memory is bounded by ``batch_size * n_items`` whatever the number of users.
     Time is ``n_users * n_items * dim`` multiply-adds plus a partition of every score row;
-    ``benchmarks/bench_metrics.py --topk-users 2000`` measured about 8e9 per second on two
-    CPU cores (2k users x 100k items x 64: 1.6 s), so 10k users x 100k items is seconds.
-    This exact scan suits evaluation, on a sample of users, up to catalogs of about a million
-    items (1e5 users x 1e6 items x 128 = 1.3e13, about half an hour at that rate); beyond
+    ``benchmarks/bench_metrics.py`` measured about 3e9 of them per second, product and
+    partition together, on two shared CPU cores (10k users x 100k items x 64, K=100: 20 s;
+    the product alone runs at about 8e9/s, the partition takes the rest). This exact scan
+    suits evaluation on a sample of users up to catalogs of about half a million items
+    (50k users x 6e5 items x 64 in 10 minutes at that rate; docs/evaluation.md); beyond
     that, or to serve requests, an approximate nearest-neighbour index (ScaNN, FAISS) is
     needed, and its recall against this exact top-K is the check.
     """
@@ -275,6 +284,44 @@ def intra_list_similarity(topk: Any, content_emb: Any, *, batch_size: int | None
     return float(sims.mean()) if sims.size else float("nan")
 
 
+def _label_codes(labels: Any, n: int, name: str = "labels") -> np.ndarray:
+    lab = labels.to_numpy() if isinstance(labels, (pd.Series, pd.Index)) else np.asarray(labels)
+    if lab.ndim != 1:
+        raise ValueError(f"'{name}' must be 1-D (one value per item), got shape {lab.shape}")
+    codes, _ = pd.factorize(lab)
+    if codes.size != n:
+        raise ValueError(f"'{name}' must have one value per item ({n}), got {codes.size}")
+    if (codes < 0).any():
+        raise ValueError(f"'{name}' must not be null; {int((codes < 0).sum())} of {n} are null")
+    return codes
+
+
+def _neighbours(emb: np.ndarray, k: int, metric: str, sample: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query item indices, their k nearest other items best first) over the whole catalog."""
+    n = emb.shape[0]
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= n - 1:
+        raise ValueError(f"'k' must be an integer in [1, n_items - 1 = {n - 1}], got {k!r}")
+    if metric == "cosine":
+        emb = _unit_rows(emb).astype(np.result_type(emb.dtype, np.float32), copy=False)  # float32 stays float32
+    elif metric != "dot":
+        raise ValueError(f"'metric' must be 'cosine' or 'dot', got {metric!r}")
+    if sample is None or sample >= n:
+        queries = np.arange(n)
+    elif isinstance(sample, (int, np.integer)) and sample >= 1:
+        queries = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    else:
+        raise ValueError(f"'sample' must be a positive integer or None, got {sample!r}")
+    neighbours = _topk_batched(
+        emb[queries], emb, int(k), np.arange(queries.size, dtype=np.int64), queries.astype(np.int64), None
+    )
+    return queries, neighbours
+
+
+def _chance(codes: np.ndarray) -> float:
+    shares = np.bincount(codes) / codes.size
+    return float((shares**2).sum())
+
+
 def neighbourhood_agreement(
     item_emb: Any,
     labels: Any,
@@ -297,35 +344,99 @@ def neighbourhood_agreement(
     Keys: ``agreement``, ``chance``, ``lift``, ``k``, ``queries``.
     """
     emb = _matrix(item_emb, "item_emb")
-    n = emb.shape[0]
-    lab = labels.to_numpy() if isinstance(labels, (pd.Series, pd.Index)) else np.asarray(labels)
-    if lab.ndim != 1:
-        raise ValueError(f"'labels' must be 1-D (one value per item), got shape {lab.shape}")
-    codes, _ = pd.factorize(lab)
-    if codes.size != n:
-        raise ValueError(f"'labels' must have one value per item ({n}), got {codes.size}")
-    if (codes < 0).any():
-        raise ValueError(f"'labels' must not be null; {int((codes < 0).sum())} of {n} are null")
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= n - 1:
-        raise ValueError(f"'k' must be an integer in [1, n_items - 1 = {n - 1}], got {k!r}")
-    if metric == "cosine":
-        emb = _unit_rows(emb)
-    elif metric != "dot":
-        raise ValueError(f"'metric' must be 'cosine' or 'dot', got {metric!r}")
-    if sample is None or sample >= n:
-        queries = np.arange(n)
-    elif isinstance(sample, (int, np.integer)) and sample >= 1:
-        queries = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
-    else:
-        raise ValueError(f"'sample' must be a positive integer or None, got {sample!r}")
-    neighbours = _topk_batched(
-        emb[queries], emb, int(k), np.arange(queries.size, dtype=np.int64), queries.astype(np.int64), None
-    )
-    agree = codes[neighbours] == codes[queries][:, None]
-    shares = np.bincount(codes) / n
-    agreement = float(agree.mean())
-    chance = float((shares**2).sum())
+    codes = _label_codes(labels, emb.shape[0])
+    queries, neighbours = _neighbours(emb, k, metric, sample, seed)
+    agreement = float((codes[neighbours] == codes[queries][:, None]).mean())
+    chance = _chance(codes)
     return {"agreement": agreement, "chance": chance, "lift": agreement / chance, "k": int(k), "queries": int(queries.size)}
+
+
+def neighbourhood_agreements(
+    item_emb: Any,
+    labels: Mapping[str, Any],
+    ks: Sequence[int],
+    *,
+    metric: str = "cosine",
+    sample: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``neighbourhood_agreement`` for several label sets and neighbourhood sizes at once.
+
+    The neighbours are searched once, at ``max(ks)``, and every smaller k reads the first k of
+    them (the lists are sorted best first). Keys: ``{name}_agreement@{k}`` for each name of
+    ``labels`` and each k, ``{name}_agreement_chance``, ``neighbour_queries``.
+    """
+    emb = _matrix(item_emb, "item_emb")
+    ks = sorted({int(k) for k in ks})
+    if not ks:
+        raise ValueError("'ks' must hold at least one neighbourhood size")
+    codes = {name: _label_codes(lab, emb.shape[0], f"labels[{name!r}]") for name, lab in labels.items()}
+    queries, neighbours = _neighbours(emb, ks[-1], metric, sample, seed)
+    out: dict[str, Any] = {"neighbour_queries": int(queries.size)}
+    for name, c in codes.items():
+        agree = c[neighbours] == c[queries][:, None]
+        for k in ks:
+            out[f"{name}_agreement@{k}"] = float(agree[:, :k].mean())
+        out[f"{name}_agreement_chance"] = _chance(c)
+    return out
+
+
+def random_topk(n_users: int, n_items: int, k: int, *, seed: int = 0, batch_size: int | None = None) -> np.ndarray:
+    """``(n_users, k)`` lists of k distinct items drawn uniformly per user, the random reference.
+
+    Each user's list is the k smallest of ``n_items`` uniform keys from
+    ``numpy.random.default_rng(seed)``; users are drawn in batches of at most 2**24 keys.
+    """
+    n_items = _n_items(n_items)
+    if not isinstance(n_users, (int, np.integer)) or n_users < 0:
+        raise ValueError(f"'n_users' must be an integer >= 0, got {n_users!r}")
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= n_items:
+        raise ValueError(f"'k' must be an integer in [1, n_items={n_items}], got {k!r}")
+    rng = np.random.default_rng(seed)
+    batch_size = batch_size or max(1, _BATCH_ELEMENTS // n_items)
+    out = np.empty((n_users, k), dtype=np.int64)
+    for lo in range(0, n_users, batch_size):
+        keys = rng.random((min(batch_size, n_users - lo), n_items))
+        out[lo:lo + keys.shape[0]] = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < n_items else np.argsort(keys, axis=1)
+    return out
+
+
+def topk_lists_report(
+    topk: Any,
+    n_items: int,
+    ks: Sequence[int],
+    *,
+    positives_per_user: Sequence[Any] | None = None,
+    content_emb: Any = None,
+    sample_pairs: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The list diagnostics of one set of top-K lists at each k of ``ks`` (flat, JSON-ready).
+
+    ``topk`` is sorted best first, so the lists at k are its first k columns. Keys per k:
+    ``recall@k``, ``ndcg@k`` (``catalog_recall_ndcg``; None without positives), ``coverage@k``,
+    ``gini@k``, ``overlap@k`` (None with fewer than 2 users), ``intra_list_similarity@k``
+    (None without content); plus ``users`` and ``users_scored`` (users with a positive).
+    """
+    top = _topk_matrix(topk)
+    n = _n_items(n_items)
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1 or ks[-1] > top.shape[1]:
+        raise ValueError(f"'ks' must be integers in [1, {top.shape[1]}] (the width of topk), got {ks}")
+    out: dict[str, Any] = {"users": int(top.shape[0]), "users_scored": None}
+    for k in ks:
+        t = top[:, :k]
+        if positives_per_user is not None:
+            cat = catalog_recall_ndcg(t, positives_per_user, k)
+            out[f"recall@{k}"], out[f"ndcg@{k}"] = cat[f"recall@{k}"], cat[f"ndcg@{k}"]
+            out["users_scored"] = cat["users_scored"]
+        else:
+            out[f"recall@{k}"] = out[f"ndcg@{k}"] = None
+        out[f"coverage@{k}"] = coverage_at_k(t, n)
+        out[f"gini@{k}"] = gini_of_topk(t, n)
+        out[f"overlap@{k}"] = mean_pairwise_overlap(t, sample_pairs=sample_pairs, seed=seed) if t.shape[0] >= 2 else None
+        out[f"intra_list_similarity@{k}"] = None if content_emb is None else intra_list_similarity(t, content_emb)
+    return out
 
 
 def diagnostics_report(

@@ -352,3 +352,21 @@ def test_write_tfrecords_checks_columns_on_driver(spark, tmp_path):
     with pytest.raises(ValueError, match="num_shards must be an integer >= 1"):
         write_tfrecords(df, str(tmp_path / "x"), SPARK_COLUMNS, num_shards=0)
     assert not (tmp_path / "x").exists()
+
+
+def test_write_tfrecords_sort_by_gives_identical_files_whatever_the_input_order(spark, tmp_path):
+    rows = spark_rows(30)
+    a = spark_df(spark, rows).repartition(1)
+    b = spark_df(spark, list(reversed(rows))).repartition(4)  # other order, other partitioning
+    keys = ["user_id", "label"]  # unique together (label is distinct per row)
+    ra = write_tfrecords(a, str(tmp_path / "a"), SPARK_COLUMNS, num_shards=3, sort_by=keys)
+    rb = write_tfrecords(b, str(tmp_path / "b"), SPARK_COLUMNS, num_shards=3, sort_by=keys)
+    files_a = [open(p, "rb").read() for p in ra["paths"]]
+    assert files_a == [open(p, "rb").read() for p in rb["paths"]]
+    assert read_shards(ra["paths"]) == expected_set(a)
+    for p in ra["paths"]:  # within a shard, records come sorted by the key
+        records = [rec.numpy() for rec in tf.data.TFRecordDataset(p)]
+        if records:
+            got = parse(records, SPARK_COLUMNS)
+            keys_in_file = [(u.decode(), int(lab)) for u, lab in zip(got["user_id"], got["label"])]
+            assert keys_in_file == sorted(keys_in_file)

@@ -14,7 +14,10 @@ from twotower_model.diagnostics import (
     intra_list_similarity,
     mean_pairwise_overlap,
     neighbourhood_agreement,
+    neighbourhood_agreements,
+    random_topk,
     topk_from_embeddings,
+    topk_lists_report,
 )
 
 # item scores for user (1, 0): 1, 0, 0.5, 2, -1 ; for user (0, 1): 0, 1, 0.5, 0, 3
@@ -194,3 +197,77 @@ def test_report_bundles_everything():
     bare = diagnostics_report(USERS, ITEMS, k=2)
     assert bare["catalog_recall@2"] is None and bare["intra_list_similarity@2"] is None
     assert bare["cluster_agreement@2"] is None and bare["coverage@2"] == report["coverage@2"]
+
+
+def test_neighbourhood_agreements_read_smaller_k_from_one_search():
+    angles = np.array([0.0, 0.05, 0.20, 1.50, 1.45, 1.30])
+    emb = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    labels = {"cluster": ["a", "a", "a", "b", "b", "b"], "creator": ["x", "x", "y", "y", "z", "z"]}
+    got = neighbourhood_agreements(emb, labels, [2, 1])
+    # k=1 nearest: 0->1, 1->0, 2->1, 3->4, 4->3, 5->4 ; k=2 adds the third of the group
+    assert got["cluster_agreement@1"] == 1.0 and got["cluster_agreement@2"] == 1.0
+    # creators at k=1: as in the single-label test, 3 of 6
+    assert got["creator_agreement@1"] == pytest.approx(3 / 6)
+    # k=2 neighbour lists {1,2} {0,2} {1,0} {4,5} {3,5} {4,3}: same creator for
+    # 0: 1 (x) ; 1: 0 (x) ; 2: none ; 3: none (z z vs y) ; 4: 5 (z) ; 5: 4 (z) -> 4 of 12
+    assert got["creator_agreement@2"] == pytest.approx(4 / 12)
+    assert got["cluster_agreement_chance"] == pytest.approx(0.5)
+    assert got["creator_agreement_chance"] == pytest.approx(3 * (1 / 3) ** 2)
+    assert got["neighbour_queries"] == 6
+    for k in (1, 2):
+        assert got[f"creator_agreement@{k}"] == neighbourhood_agreement(emb, labels["creator"], k)["agreement"]
+    with pytest.raises(ValueError, match=r"'labels\['creator'\]' must have one value per item \(6\)"):
+        neighbourhood_agreements(emb, {"creator": ["x"] * 5}, [1])
+
+
+def test_random_topk_draws_distinct_items_uniformly():
+    top = random_topk(2000, 10, 3, seed=1, batch_size=7)
+    assert top.shape == (2000, 3)
+    assert all(len(set(row)) == 3 for row in top.tolist())
+    # each item appears in a list with probability 3/10: 600 of 2000 lists, sd ~ 20
+    counts = np.bincount(top.ravel(), minlength=10)
+    assert np.all(np.abs(counts - 600) < 100)
+    assert np.array_equal(top, random_topk(2000, 10, 3, seed=1, batch_size=7))
+    whole = random_topk(5, 4, 4, seed=0)
+    assert np.array_equal(np.sort(whole, axis=1), np.tile(np.arange(4), (5, 1)))
+    with pytest.raises(ValueError, match=r"'k' must be an integer in \[1, n_items=4\]"):
+        random_topk(5, 4, 5)
+
+
+def test_topk_lists_report_by_hand():
+    top = np.array([[0, 1, 2], [0, 3, 4]])
+    content = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [-1.0, 0.0]])
+    got = topk_lists_report(top, 6, [1, 3], positives_per_user=[[1], [5, 4]], content_emb=content)
+    # k=1: both lists are [0]; no hit; coverage 1/6; counts (2,0,0,0,0,0): Gini 1 - 1/6;
+    #      overlap 1; a one-item list has no pair -> no similarity (NaN)
+    assert got["recall@1"] == 0.0 and got["ndcg@1"] == 0.0
+    assert got["coverage@1"] == pytest.approx(1 / 6) and got["gini@1"] == pytest.approx(5 / 6)
+    assert got["overlap@1"] == 1.0 and math.isnan(got["intra_list_similarity@1"])
+    # k=3: user 0 hits item 1 at rank 2 of 1 positive: recall 1, NDCG 1/log2(3);
+    #      user 1 hits item 4 at rank 3 of 2 positives: recall 1/2, NDCG (1/2) / (1 + 1/log2(3))
+    assert got["recall@3"] == pytest.approx((1 + 0.5) / 2)
+    assert got["ndcg@3"] == pytest.approx((1 / math.log2(3) + 0.5 / (1 + 1 / math.log2(3))) / 2)
+    # items 0..4 covered of 6; counts sorted (0,1,1,1,1,2): 2*(2+3+4+5+12)/(6*6) - 7/6 = 52/36 - 42/36
+    assert got["coverage@3"] == pytest.approx(5 / 6) and got["gini@3"] == pytest.approx(10 / 36)
+    assert got["overlap@3"] == pytest.approx(1 / 3)
+    # list 0: cos(0,1)=1, cos(0,2)=0, cos(1,2)=0 -> 1/3 ; list 1: 0, -1, 0 -> -1/3 ; mean 0
+    assert got["intra_list_similarity@3"] == pytest.approx(0.0)
+    assert got["users"] == 2 and got["users_scored"] == 2
+    bare = topk_lists_report(top, 6, [3])
+    assert bare["recall@3"] is None and bare["intra_list_similarity@3"] is None
+    with pytest.raises(ValueError, match=r"'ks' must be integers in \[1, 3\]"):
+        topk_lists_report(top, 6, [4])
+
+
+def test_topk_breaks_ties_by_item_index_across_the_kth_place():
+    # 1000 items on one dimension: scores 0 everywhere except item 700 (2.0) and item 900 (1.0)
+    items = np.zeros((1000, 1))
+    items[700, 0], items[900, 0] = 2.0, 1.0
+    users = np.array([[1.0], [-1.0], [0.0]])
+    top = topk_from_embeddings(users, items, 5, batch_size=2)
+    # user 0: 700, 900, then the tied zeros by index 0, 1, 2
+    # user 1 (scores negated): the 998 zeros tie first -> 0..4
+    # user 2: everything scores 0 -> 0..4 (a collapsed model gets a deterministic list)
+    assert top.tolist() == [[700, 900, 0, 1, 2], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+    excluded = topk_from_embeddings(users, items, 3, exclude=[[0, 700], [1, 3], []])
+    assert excluded.tolist() == [[900, 1, 2], [0, 2, 4], [0, 1, 2]]
