@@ -203,12 +203,85 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class QualityConfig:
-    """Bounds on bad input: the run fails before writing when they are exceeded."""
+    """Bounds on bad input: the run fails before writing when they are exceeded.
+
+    The day's volume band compares the rows of the validation day with the median of the
+    `volume_lookback_days` days before it (within the train window); a bound of 0 is off.
+    """
 
     max_quarantine_share: float = 0.05
+    # fraction_watched above this is quarantined as out of range (> 1 is a replay); 0 = no upper bound
+    max_fraction_watched: float = 0.0
+    min_day_volume_ratio: float = 0.0
+    max_day_volume_ratio: float = 0.0
+    volume_lookback_days: int = 7
+    # a validation day without any interaction fails the run unless this is true
+    allow_empty_day: bool = False
 
     def __post_init__(self) -> None:
         _check(isinstance(self.max_quarantine_share, (int, float)) and 0 <= self.max_quarantine_share <= 1, "quality.max_quarantine_share", "a number in [0, 1]", self.max_quarantine_share)
+        for name in ("max_fraction_watched", "min_day_volume_ratio", "max_day_volume_ratio"):
+            v = getattr(self, name)
+            _check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf"), f"quality.{name}", "a finite number >= 0 (0 = off)", v)
+        _check(
+            not (self.min_day_volume_ratio and self.max_day_volume_ratio) or self.min_day_volume_ratio <= self.max_day_volume_ratio,
+            "quality.min_day_volume_ratio", f"<= quality.max_day_volume_ratio ({self.max_day_volume_ratio})", self.min_day_volume_ratio,
+        )
+        _check(isinstance(self.volume_lookback_days, int) and not isinstance(self.volume_lookback_days, bool) and self.volume_lookback_days >= 1, "quality.volume_lookback_days", "an integer >= 1", self.volume_lookback_days)
+        _check(isinstance(self.allow_empty_day, bool), "quality.allow_empty_day", "true or false", self.allow_empty_day)
+
+
+STATS_SOURCES = ("files", "postgres")
+
+
+def _identifier(v: str) -> bool:
+    return v != "" and v.replace("_", "").isalnum() and v.isascii() and not v[:1].isdigit()
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Where the user/item/creator statistics ("recsys database") come from.
+
+    `files`: Delta/Parquet folders `user_stats`, `item_stats`, `creator_stats` under `--input`.
+    `postgres`: tables of a PostgreSQL database read over Spark JDBC. The password is never part
+    of the config: it is read at run time from the environment variable named `password_env`,
+    or from `password_file`, a file readable only by its owner.
+    """
+
+    source: str = "files"
+    jdbc_url: str = ""
+    user: str = ""
+    password_env: str = "TWOTOWER_STATS_PASSWORD"
+    password_file: str = ""
+    db_schema: str = "public"
+    user_table: str = "user_stats"
+    item_table: str = "item_stats"
+    creator_table: str = "creator_stats"
+    fetch_size: int = 10000
+
+    def __post_init__(self) -> None:
+        _check(self.source in STATS_SOURCES, "stats.source", f"one of {STATS_SOURCES}", self.source)
+        for name in ("jdbc_url", "user", "password_env", "password_file", "db_schema", "user_table", "item_table", "creator_table"):
+            _check(isinstance(getattr(self, name), str), f"stats.{name}", "a string", getattr(self, name))
+        _check(isinstance(self.fetch_size, int) and not isinstance(self.fetch_size, bool) and self.fetch_size >= 1, "stats.fetch_size", "an integer >= 1", self.fetch_size)
+        if "password" in self.jdbc_url.lower():
+            # the value is not echoed: it may hold the secret
+            raise ConfigError(
+                "config 'stats.jdbc_url' must not carry a password: set it in the environment variable named by "
+                "'stats.password_env' or in an owner-only file named by 'stats.password_file'"
+            )
+        if self.source == "postgres":
+            _check(self.jdbc_url.startswith("jdbc:postgresql://"), "stats.jdbc_url", "a URL jdbc:postgresql://HOST:PORT/DB when stats.source = 'postgres'", self.jdbc_url)
+            _check(self.user != "", "stats.user", "a database user name when stats.source = 'postgres'", self.user)
+            _check(self.password_env != "" or self.password_file != "", "stats.password_env", "an environment variable name (or stats.password_file a path)", self.password_env)
+        _check(_identifier(self.db_schema), "stats.db_schema", "an SQL identifier (letters, digits, _)", self.db_schema)
+        for name in ("user_table", "item_table", "creator_table"):
+            v = getattr(self, name)
+            _check(v == "" or _identifier(v), f"stats.{name}", "an SQL identifier (letters, digits, _), or \"\" for none", v)
+
+    def table(self, name: str) -> str:
+        """The database table of the statistics table `name` (user_stats, item_stats, creator_stats); "" = none."""
+        return {"user_stats": self.user_table, "item_stats": self.item_table, "creator_stats": self.creator_table}[name]
 
 
 @dataclass(frozen=True)
@@ -247,6 +320,7 @@ _SECTIONS = {
     "features": FeaturesConfig,
     "output": OutputConfig,
     "quality": QualityConfig,
+    "stats": StatsConfig,
     "model": ModelConfig,
 }
 
@@ -265,6 +339,7 @@ class ExperimentConfig:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -288,6 +363,11 @@ class ExperimentConfig:
                 raise ConfigError(f"config section '{section}' must be a table, got {values!r}")
             known = {f.name for f in fields(klass)}
             bad = set(values) - known
+            if any("password" in k.lower() and k not in known for k in values):
+                raise ConfigError(
+                    f"config section '{section}' must not hold a password: set it in the environment variable named by "
+                    "'stats.password_env' or in an owner-only file named by 'stats.password_file'"
+                )
             if bad:
                 raise ConfigError(f"unknown key(s) {sorted(bad)} in config section '{section}'; expected {sorted(known)}")
             kwargs[section] = klass(**values)

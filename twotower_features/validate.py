@@ -5,11 +5,16 @@ quarantine table, and is counted; the caller fails the run when their share exce
 """
 from __future__ import annotations
 
+import datetime as _dt
+import statistics
+from typing import Any, Mapping
+
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from . import columns as C
+from .config import QualityConfig, WindowConfig
 
 # expected type, and the types accepted as that type (safe widenings)
 _NUMERIC = (T.DoubleType, T.FloatType, T.IntegerType, T.LongType, T.ShortType, T.DecimalType)
@@ -36,19 +41,35 @@ USER_SCHEMA: dict[str, tuple[str, tuple[type, ...]]] = {
     C.ACTIVITY_PROFILE: ("array<float>", (T.ArrayType,)),
 }
 
+
+STATS_VALUE_COLUMNS = (C.STAT_CTR, C.STAT_TIMESPENT)
+
+
+def stats_schema(key: str, present: tuple[str, ...] | list[str] = ()) -> dict[str, tuple[str, tuple[type, ...]]]:
+    """A statistics table keyed by `key` (user_id, item_id, creator_id) and day; the value
+    columns (`ctr`, `timespent`) are optional and must be numeric when `present`."""
+    schema = {key: ("string", (T.StringType,)), C.DT: ("date", (T.DateType,))}
+    schema.update({c: ("double", _NUMERIC) for c in STATS_VALUE_COLUMNS if c in present})
+    return schema
+
 # reason codes, in the order they are checked (a row gets the first that applies)
 NULL_ID = "null_id"
-BAD_TIME_SPENT = "bad_time_spent"
-BAD_FRACTION = "bad_fraction_watched"
+BAD_TIME_SPENT = "bad_time_spent"  # null, NaN, negative or infinite
+BAD_FRACTION = "bad_fraction_watched"  # null, NaN, negative or infinite
+FRACTION_ABOVE_MAX = "fraction_watched_above_max"  # above quality.max_fraction_watched (when set)
 NULL_FLAG = "null_flag"
 DT_MISMATCH = "dt_mismatch"
 UNKNOWN_ITEM = "unknown_item"
 DUPLICATE_EVENT = "duplicate_event"
-REASONS = (NULL_ID, BAD_TIME_SPENT, BAD_FRACTION, NULL_FLAG, DT_MISMATCH, UNKNOWN_ITEM, DUPLICATE_EVENT)
+REASONS = (NULL_ID, BAD_TIME_SPENT, BAD_FRACTION, FRACTION_ABOVE_MAX, NULL_FLAG, DT_MISMATCH, UNKNOWN_ITEM, DUPLICATE_EVENT)
 
 
 class ContractError(ValueError):
     """An input table does not have the contract's columns or types."""
+
+
+class QualityError(RuntimeError):
+    """The input is outside a configured quality band (volume, empty day); nothing was written."""
 
 
 def check_schema(df: DataFrame, expected: dict[str, tuple[str, tuple[type, ...]]], table: str) -> DataFrame:
@@ -73,19 +94,24 @@ def _bad(col: str) -> F.Column:
     return F.col(col).isNull() | F.isnan(F.col(col)) | (F.col(col) < 0) | (F.col(col) == float("inf"))
 
 
-def quarantine_interactions(interactions: DataFrame, item_ids: DataFrame) -> tuple[DataFrame, DataFrame]:
+def quarantine_interactions(interactions: DataFrame, item_ids: DataFrame, *, max_fraction_watched: float = 0.0) -> tuple[DataFrame, DataFrame]:
     """Split interactions into (valid, quarantined with a `reason` column).
 
     `item_ids` is a one-column frame of known item ids. Of several identical events
     (same user, item and instant) the first by (time_spent, fraction_watched, liked, shared)
     is kept and the others are quarantined as duplicates, so the choice is deterministic.
+    `max_fraction_watched` > 0 quarantines rows watched more than that many times over.
     """
+    if not isinstance(max_fraction_watched, (int, float)) or max_fraction_watched < 0:
+        raise ValueError(f"max_fraction_watched must be a number >= 0 (0 = no bound), got {max_fraction_watched!r}")
+    above_max = (F.col(C.FRACTION_WATCHED) > F.lit(float(max_fraction_watched))) if max_fraction_watched > 0 else F.lit(False)
     known = item_ids.select(F.col(C.ITEM_ID).alias("_known_item")).distinct()
     df = interactions.join(known, F.col(C.ITEM_ID) == F.col("_known_item"), "left")
     reason = (
         F.when(F.col(C.USER_ID).isNull() | F.col(C.ITEM_ID).isNull() | F.col(C.EVENT_TS).isNull(), F.lit(NULL_ID))
         .when(_bad(C.TIME_SPENT), F.lit(BAD_TIME_SPENT))
         .when(_bad(C.FRACTION_WATCHED), F.lit(BAD_FRACTION))
+        .when(above_max, F.lit(FRACTION_ABOVE_MAX))
         .when(F.col(C.LIKED).isNull() | F.col(C.SHARED).isNull(), F.lit(NULL_FLAG))
         .when(F.col(C.DT) != F.to_date(F.col(C.EVENT_TS)), F.lit(DT_MISMATCH))
         .when(F.col("_known_item").isNull(), F.lit(UNKNOWN_ITEM))
@@ -101,3 +127,75 @@ def quarantine_interactions(interactions: DataFrame, item_ids: DataFrame) -> tup
     valid = df.filter(F.col(C.QUARANTINE_REASON).isNull()).drop(C.QUARANTINE_REASON)
     bad = df.filter(F.col(C.QUARANTINE_REASON).isNotNull())
     return valid, bad
+
+
+# ------------------------------------------------------------------------------ volume
+def day_volumes(interactions: DataFrame) -> dict[_dt.date, int]:
+    """Rows per `dt` (one aggregation; the caller filters the dates first)."""
+    return {r[C.DT]: int(r["n"]) for r in interactions.groupBy(C.DT).agg(F.count(F.lit(1)).alias("n")).collect()}
+
+
+def check_day_volume(volumes: Mapping[_dt.date, int], window: WindowConfig, quality: QualityConfig) -> dict[str, Any]:
+    """The validation day's row count against the median of the `volume_lookback_days` days
+    before it (at most the train window's days: only those were read).
+
+    Days of the window absent from `volumes` count as 0. Raises QualityError when the day is
+    empty (unless `allow_empty_day`) or its ratio to that median is outside [min, max] (a 0
+    bound is off). Returns the facts for the stage report.
+    """
+    day = window.validation_date
+    n = int(volumes.get(day, 0))
+    lookback = min(quality.volume_lookback_days, window.train_days)
+    recent = [int(volumes.get(day - _dt.timedelta(days=k), 0)) for k in range(1, lookback + 1)]
+    baseline = float(statistics.median(recent)) if recent else 0.0
+    facts: dict[str, Any] = {"day": str(day), "rows": n, "recent_days": len(recent), "recent_median": baseline}
+    if n == 0 and not quality.allow_empty_day:
+        raise QualityError(
+            f"no interactions on {day} (the validation day; median of the {len(recent)} days before: {baseline:g}): "
+            "the day's data has not arrived or is lost; set quality.allow_empty_day = true to run anyway. Nothing was written"
+        )
+    if baseline <= 0:
+        facts["ratio"] = None
+        facts["band"] = "not checked: no rows in the days before"
+        return facts
+    ratio = n / baseline
+    facts["ratio"] = round(ratio, 4)
+    lo, hi = quality.min_day_volume_ratio, quality.max_day_volume_ratio
+    facts["band"] = [lo or None, hi or None]
+    if (lo and ratio < lo) or (hi and ratio > hi):
+        raise QualityError(
+            f"{n:,} interactions on {day} are {ratio:.2f}x the median of the {len(recent)} days before ({baseline:,.0f}), "
+            f"outside quality.min_day_volume_ratio={lo:g} .. quality.max_day_volume_ratio={hi or float('inf'):g}; nothing was written"
+        )
+    return facts
+
+
+# ------------------------------------------------------------------------------ conservation
+def conservation(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Row conservation of one saved stage report: rows in = rows out + removed per rule.
+
+    `prepare`: interactions in the window = train + validation rows out + quarantined (per
+    reason) + item/client filter removals; `embeddings`: kept items = catalog items;
+    `examples`: rows in per split = rows out + sampling, rebalancing and validation removals;
+    `tfrecords`: examples in per split = records out per split (the catalog is extra).
+    """
+    stage = report["stage"]
+    rows_in, rows_out, removed = dict(report["rows_in"]), dict(report["rows_out"]), dict(report["removed"])
+    if stage == "prepare":
+        n_in = int(rows_in["interactions_in_window"])
+        n_out = sum(int(v) for v in rows_out.values())
+    elif stage == "tfrecords":
+        n_in = sum(int(v) for v in rows_in.values())
+        n_out = sum(int(rows_out.get(k, 0)) for k in rows_in)
+    else:
+        n_in = sum(int(v) for v in rows_in.values())
+        n_out = sum(int(v) for v in rows_out.values())
+    quarantined = sum(int(v) for k, v in removed.items() if k.startswith("quarantine:"))
+    filtered = {k: int(v) for k, v in removed.items() if not k.startswith("quarantine:")}
+    return {
+        "rows_in": n_in,
+        "rows_out": n_out,
+        "quarantined": quarantined,
+        "filtered": filtered,
+        "holds": n_in == n_out + quarantined + sum(filtered.values()),
+    }
