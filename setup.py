@@ -27,6 +27,11 @@ setup(
         "train": ["tensorflow>=2.16,<2.22"],
         "train-cpu": ["tensorflow-cpu>=2.16,<2.22"],
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],
+        # `experiment run` / `report`: MLflow tracking (skinny: full mlflow pins pyarrow < 26 and
+        # pulls a web server; its SQLite store needs SQLAlchemy and Alembic) and the report's plots.
+        "catalog": ["mlflow-skinny>=3.10,<4", "sqlalchemy>=2,<3", "alembic>=1.13,<2", "matplotlib>=3.8,<4"],
+        # `make bench`: the DuckDB baselines the feature stages are measured against.
+        "bench": ["duckdb>=1.1,<3"],
     },
     entry_points={"console_scripts": ["twotower=twotower_features.cli:main"]},
 )
