@@ -71,13 +71,15 @@ catalog: install
 	$(BIN)/twotower report --root $(CATALOG_ROOT)
 
 # Benchmarks (issue 7): the feature pipeline at BENCH_SIZES events with DuckDB / naive-Spark /
-# per-row baselines; medians of BENCH_RUNS runs (one run from BENCH_SINGLE_RUN_FROM events up).
+# per-row baselines (at BENCH_COMPARE_SIZES); medians of BENCH_RUNS runs (one run from
+# BENCH_SINGLE_RUN_FROM events up).
 # Generated data is cached under build/bench/<size>; BENCH_RESUME=1 reuses finished sizes.
 # Writes benchmarks/results/latest.json.
 BENCH_SIZES ?= 1m,10m,50m
 BENCH_RUNS ?= 3
 BENCH_SINGLE_RUN_FROM ?= 50m
+BENCH_COMPARE_SIZES ?= 1m,10m
 bench: install
 	$(BIN)/python -m pip install -q -e '.[train-cpu,test,catalog,bench]'
 	$(BIN)/python benchmarks/bench_pipeline.py --sizes $(BENCH_SIZES) --runs $(BENCH_RUNS) --single-run-from $(BENCH_SINGLE_RUN_FROM) \
-	  $(if $(filter 1,$(BENCH_RESUME)),--resume,)
+	  --compare-sizes $(BENCH_COMPARE_SIZES) $(if $(filter 1,$(BENCH_RESUME)),--resume,)

@@ -9,11 +9,14 @@ Builds N rows of a typical example (2 string ids, 1 int64, 2 float scalars, a 64
   ``tf.io.TFRecordWriter`` (on the first ``--loop-rows`` rows, as it is slow);
 - ceiling: ``tf.io.TFRecordWriter`` writing pre-serialised records (framing + I/O only).
 
-Usage: ``python benchmarks/bench_tfrecord.py [--rows 200000] [--repeats 3]``
+Usage: ``python benchmarks/bench_tfrecord.py [--rows 200000] [--repeats 3]``; with ``--input
+rows.parquet --spec feature_spec.json`` it times those rows and columns instead (``make bench``
+passes rows of the examples table), and ``--json FILE`` saves the rates.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -62,6 +65,21 @@ def make_table(n: int, seed: int = 0) -> pa.Table:
     )
 
 
+def row_loop_features(tf, columns, row: dict) -> dict:
+    """One row as ``tf.train.Feature``s, the plain way (any spec columns)."""
+    feats = {}
+    for c in columns:
+        v = row[c.name]
+        vals = v if c.shape else [v]
+        if c.dtype == "string":
+            feats[c.name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[(x or "").encode() for x in vals]))
+        elif c.dtype == "int64":
+            feats[c.name] = tf.train.Feature(int64_list=tf.train.Int64List(value=vals))
+        else:
+            feats[c.name] = tf.train.Feature(float_list=tf.train.FloatList(value=vals))
+    return feats
+
+
 def timed(fn, repeats: int) -> tuple[float, float]:
     """Median wall seconds and median CPU seconds of this process (robust to a busy machine)."""
     wall, cpu = [], []
@@ -78,16 +96,31 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--loop-rows", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--input", help="a Parquet file or folder of rows to write instead of the synthetic table")
+    ap.add_argument("--spec", help="feature_spec.json naming the columns of --input")
+    ap.add_argument("--json", help="also write the rates to this JSON file")
     args = ap.parse_args()
 
-    table = make_table(args.rows)
+    columns = COLUMNS
+    if args.input:
+        import pyarrow.parquet as pq
+
+        from twotower_features.spec import FeatureSpec
+
+        if not args.spec:
+            raise SystemExit("--input needs --spec")
+        columns = list(FeatureSpec.load(args.spec).columns)
+        table = pq.read_table(args.input, columns=[c.name for c in columns]).slice(0, args.rows)
+        args.rows = table.num_rows
+    else:
+        table = make_table(args.rows)
     batches = table.to_batches(max_chunksize=BATCH_ROWS)
     tmp = Path(tempfile.mkdtemp(prefix="bench_tfrecord_"))
 
     def ours() -> None:
         with open(tmp / "ours.tfrecord", "wb") as f:
             for b in batches:
-                f.write(frame_records(encode_batch(b, COLUMNS)))
+                f.write(frame_records(encode_batch(b, columns)))
 
     t_ours = timed(ours, args.repeats)
 
@@ -99,20 +132,11 @@ def main() -> None:
     def loop() -> None:
         with tf.io.TFRecordWriter(str(tmp / "loop.tfrecord")) as w:
             for r in py:
-                feats = {
-                    "user_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[r["user_id"].encode()])),
-                    "item_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[r["item_id"].encode()])),
-                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[r["label"]])),
-                    "weight": tf.train.Feature(float_list=tf.train.FloatList(value=[r["weight"]])),
-                    "user_ctr": tf.train.Feature(float_list=tf.train.FloatList(value=[r["user_ctr"]])),
-                    "pos_hist_mean": tf.train.Feature(float_list=tf.train.FloatList(value=r["pos_hist_mean"])),
-                    "item_emb": tf.train.Feature(float_list=tf.train.FloatList(value=r["item_emb"])),
-                }
-                w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+                w.write(tf.train.Example(features=tf.train.Features(feature=row_loop_features(tf, columns, r))).SerializeToString())
 
     t_loop = timed(loop, args.repeats)
 
-    records = [r for b in batches for r in encode_batch(b, COLUMNS)]
+    records = [r for b in batches for r in encode_batch(b, columns)]
 
     def ceiling() -> None:
         with tf.io.TFRecordWriter(str(tmp / "raw.tfrecord")) as w:
@@ -139,6 +163,12 @@ def main() -> None:
         print(f"{label:52s} {rows / wall:11,.0f} rows/s wall ({wall:.3f} s)  {rows / cpu:11,.0f} rows/s per CPU-second")
     (ow, oc), (lw, lc), (rw, rc) = rates["ours"], rates["loop"], rates["ceiling"]
     print(f"ratio ours/loop: {ow / lw:.1f}x wall, {oc / lc:.1f}x CPU;  ours/ceiling: {ow / rw:.2f}x wall, {oc / rc:.2f}x CPU")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "rows": args.rows, "loop_rows": m, "bytes_per_record": size / args.rows, "columns": [c.name for c in columns],
+            "ours_rows_per_s": ow, "loop_rows_per_s": lw, "ceiling_rows_per_s": rw,
+            "ours_rows_per_cpu_s": oc, "loop_rows_per_cpu_s": lc, "ceiling_rows_per_cpu_s": rc, "load_avg": os.getloadavg()[0],
+        }, indent=2))
     for p in tmp.iterdir():
         p.unlink()
     tmp.rmdir()

@@ -173,7 +173,9 @@ def main() -> None:
         "--big-vocab-optimizers", default="lazy_adam",
         help="optimisers for the --big-vocab runs (adam and adagrad run at ~0.4k and ~2k examples/s with 1M ids: use a small --examples)",
     )
-    ap.add_argument("--data-dir", default=None, help="reuse/keep the generated data here (default: a temporary folder)")
+    ap.add_argument("--data-dir", default=None, help="reuse/keep the generated data here (default: a temporary folder); "
+                    "any features folder with feature_spec.json works, e.g. a `twotower features` output")
+    ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
 
     tmp = None
@@ -210,6 +212,8 @@ def main() -> None:
                     f"loss {report['final_loss']:.4f}, validation loss {report['validation_loss']:.4f}"
                 )
         print(json.dumps(results, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -5,21 +5,27 @@ the negative history the last N with label 0 and `time_spent` below the item's t
 average, both **strictly before** the event's `event_ts` (an event never sees itself nor an
 event at the same instant). Order: most recent first; equal timestamps by `item_id` descending.
 
-Each user's events are processed as one time-ordered stream (`applyInArrow` per user; the
-client filter bounds a user's events). Nothing is computed per (event, history item) pair:
-with the user's positives in time order and a prefix sum of their embeddings, the mean of the
-last N before an event is one subtraction, cluster counts are a prefix sum of one-hot rows, and
-the last k items are k gathers; `searchsorted` on the timestamps finds where "strictly before"
-ends. So the aggregations cost O(d) per event whatever N is, and never need the id lists, which
-are built only when `keep_lists` is on (audit; off at billion-row scale).
+Events are hash-partitioned by user and sorted by (user, event_ts, item_id); each Python worker
+streams its partition through `user_histories` in chunks of whole users (`mapInArrow`), so the
+Python call overhead is paid per chunk of ~100k rows, not per user (the client filter bounds a
+user's events, so a chunk is bounded too). Nothing is computed per (event, history item) pair:
+with the chunk's history events in (user, time) order and a prefix sum of their embeddings, the
+mean of the last N before an event is one subtraction, cluster counts are a prefix sum of
+one-hot rows, and the last k items are k gathers; `searchsorted` on a running rank of (user,
+instant) finds where "strictly before" ends, and on the user index where the user's history
+starts. So the aggregations cost O(d) per event whatever N is, and never need the id lists,
+which are built only when `keep_lists` is on (audit; off at billion-row scale).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
+from typing import Any, Iterator
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -27,6 +33,7 @@ from pyspark.sql import types as T
 from . import columns as C
 
 POS, NEG = "pos", "neg"
+CHUNK_ROWS = 100_000  # rows per call of user_histories (whole users; a chunk costs ~50 MB at N=100)
 _MATRIX_CACHE: dict[str, np.ndarray] = {}
 
 
@@ -93,70 +100,110 @@ def _fixed_list(values: np.ndarray, width: int) -> pa.Array:
 
 
 def user_histories(table: pa.Table, p: HistoryParams) -> pa.Table:
-    """All history features of one user's events (a pure function; Spark calls it per user)."""
+    """All history features of the events in ``table``: one user's or many users', in any order
+    (a pure function; Spark calls it on chunks of whole users).
+
+    The rows are sorted by (user, instant, item_id); a running rank of (user, instant) then
+    makes "strictly before, same user" one ``searchsorted`` over the whole chunk, and prefix
+    sums over the chunk give every user's window sums (a window never crosses its user's
+    first history event)."""
+    table = table.sort_by([(C.USER_ID, "ascending"), (C.EVENT_TS, "ascending"), (C.ITEM_ID, "ascending")]).combine_chunks()
+    m = table.num_rows
     ts = table.column(C.EVENT_TS).cast(pa.int64()).to_numpy()
-    items = np.asarray(table.column(C.ITEM_ID).to_pylist(), dtype=object)
-    # time order, equal instants by item_id ascending: the later in this order is the more recent
-    order = np.lexsort((items.astype(str), ts))
-    ts, items = ts[order], items[order]
-    flags = {POS: table.column("_is_pos").to_numpy(zero_copy_only=False)[order], NEG: table.column("_is_neg").to_numpy(zero_copy_only=False)[order]}
-    m = len(ts)
-    out: dict[str, pa.Array] = {
-        C.USER_ID: pa.array(np.asarray(table.column(C.USER_ID).to_pylist(), dtype=object)[order], pa.string()),
-        C.ITEM_ID: pa.array(items, pa.string()),
-        C.EVENT_TS: pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-    }
+    users = table.column(C.USER_ID)
+    new_user = np.ones(m, dtype=bool)
+    if m > 1:
+        new_user[1:] = pc.not_equal(users.slice(1), users.slice(0, m - 1)).to_numpy(zero_copy_only=False)
+    group = np.cumsum(new_user) - 1  # user of each row, 0..users-1
+    new_instant = new_user.copy()
+    new_instant[1:] |= ts[1:] != ts[:-1]
+    instant = np.cumsum(new_instant)  # rank of (user, instant), non-decreasing
+    out: dict[str, Any] = {C.USER_ID: users, C.ITEM_ID: table.column(C.ITEM_ID), C.EVENT_TS: table.column(C.EVENT_TS)}
+    flags = {POS: table.column("_is_pos"), NEG: table.column("_is_neg")}
     need_emb = "mean" in p.aggregations or "concat" in p.aggregations
-    idx = table.column("item_idx").to_numpy(zero_copy_only=False)[order] if (need_emb or "clusters" in p.aggregations) else None
+    idx = table.column("item_idx").to_numpy(zero_copy_only=False) if (need_emb or "clusters" in p.aggregations) else None
     matrix = _load_matrix(p.matrix_file) if need_emb else None
-    clusters = table.column(C.ITEM_CLUSTER).to_numpy(zero_copy_only=False)[order] if "clusters" in p.aggregations else None
+    clusters = table.column(C.ITEM_CLUSTER).to_numpy(zero_copy_only=False) if "clusters" in p.aggregations else None
 
     for side in (POS, NEG):
-        sel = np.flatnonzero(flags[side])
-        # number of history events strictly before each event's instant
-        before = np.searchsorted(ts[sel], ts, side="left")
+        sel = np.flatnonzero(flags[side].fill_null(False).to_numpy(zero_copy_only=False))
+        # history events (of any user) before this row's (user, instant), and those of earlier users
+        end = np.searchsorted(instant[sel], instant, side="left")
+        before = end - np.searchsorted(group[sel], group, side="left")
         length = np.minimum(before, p.n)
-        start = before - length
+        start = end - length  # the window is sel[start:end], most recent last
         out[f"{side}_hist_len"] = pa.array(length.astype(np.int32))
         if p.keep_lists:
-            hist_items = items[sel]
-            out[f"{side}_history"] = pa.array([hist_items[s:e][::-1].tolist() for s, e in zip(start, before)], pa.list_(pa.string()))
+            offsets = np.zeros(m + 1, dtype=np.int64)
+            np.cumsum(length, out=offsets[1:])
+            within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], length)
+            flat = np.repeat(end - 1, length) - within  # most recent first
+            values = table.column(C.ITEM_ID).take(pa.array(sel[flat]))
+            out[f"{side}_history"] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
         if need_emb:
             emb = np.asarray(matrix[idx[sel]], dtype=np.float64) if len(sel) else np.zeros((0, p.emb_dim))
             if "mean" in p.aggregations:
                 csum = np.zeros((len(sel) + 1, p.emb_dim))
                 np.cumsum(emb, axis=0, out=csum[1:])
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = (csum[before] - csum[start]) / length[:, None]
+                    mean = (csum[end] - csum[start]) / length[:, None]
                 mean[length == 0] = 0.0
                 out[f"{side}_hist_mean"] = _fixed_list(mean, p.emb_dim)
             if "concat" in p.aggregations:
                 k = p.concat_k
                 cat = np.zeros((m, k, p.emb_dim), dtype=np.float32)
                 for j in range(k):  # j-th most recent
-                    pos = before - 1 - j
-                    ok = pos >= 0
-                    cat[ok, j] = emb[pos[ok]]
+                    ok = before > j
+                    cat[ok, j] = emb[end[ok] - 1 - j]
                 out[f"{side}_hist_concat"] = _fixed_list(cat.reshape(m, k * p.emb_dim), k * p.emb_dim)
                 out[f"{side}_hist_concat_len"] = pa.array(np.minimum(before, k).astype(np.int32))
         if "clusters" in p.aggregations:
-            onehot = np.zeros((len(sel) + 1, p.n_clusters))
+            counts = np.zeros((len(sel) + 1, p.n_clusters), dtype=np.int32)
             if len(sel):
-                onehot[np.arange(1, len(sel) + 1), clusters[sel]] = 1.0
-            counts = np.cumsum(onehot, axis=0)
+                counts[np.arange(1, len(sel) + 1), clusters[sel]] = 1
+            np.cumsum(counts, axis=0, out=counts)
             with np.errstate(invalid="ignore", divide="ignore"):
-                dist = (counts[before] - counts[start]) / length[:, None]
+                dist = (counts[end] - counts[start]) / length[:, None].astype(np.float64)
             dist[length == 0] = 0.0
             out[f"{side}_hist_clusters"] = _fixed_list(dist, p.n_clusters)
     schema_names = [f.name for f in p.output_schema().fields]
     return pa.table({k: out[k] for k in schema_names})
 
 
-def compute_histories(events: DataFrame, params: HistoryParams) -> DataFrame:
+def _stream_histories(batches: Iterator[pa.RecordBatch], p: HistoryParams, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    """``user_histories`` over a partition sorted by user, in chunks of at least ``chunk_rows``
+    rows that end on a user boundary (the last user of a chunk is held back until its rows end)."""
+    pending: list[pa.RecordBatch] = []
+    n_pending = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        n_pending += batch.num_rows
+        if n_pending < chunk_rows:
+            continue
+        t = pa.Table.from_batches(pending)
+        users = t.column(C.USER_ID)
+        others = np.flatnonzero(~pc.equal(users, users[-1]).to_numpy(zero_copy_only=False))
+        if len(others) == 0:
+            continue  # one user so far: keep reading
+        cut = int(others[-1]) + 1
+        yield from user_histories(t.slice(0, cut), p).to_batches()
+        rest = t.slice(cut)
+        pending, n_pending = rest.to_batches(), rest.num_rows
+    if n_pending:
+        yield from user_histories(pa.Table.from_batches(pending), p).to_batches()
+
+
+def compute_histories(events: DataFrame, params: HistoryParams, *, chunk_rows: int = CHUNK_ROWS) -> DataFrame:
     """One row per event with its history features.
 
     `events` needs user_id, item_id, event_ts, label, time_spent, item_avg_time_spent and,
-    for embedding aggregations, item_idx (row of the matrix file) and item_cluster.
+    for embedding aggregations, item_idx (row of the matrix file) and item_cluster. The events
+    are hash-partitioned by user (``spark.sql.shuffle.partitions``) and sorted by user and
+    time; each Python worker then streams its partition through ``user_histories`` in chunks
+    of whole users (at least ``chunk_rows`` rows), so the per-call overhead is per chunk, not
+    per user, and a worker holds one chunk at a time.
     """
     cols = [C.USER_ID, C.ITEM_ID, C.EVENT_TS, "_is_pos", "_is_neg"]
     if params.aggregations:
@@ -165,4 +212,5 @@ def compute_histories(events: DataFrame, params: HistoryParams) -> DataFrame:
         cols.append(C.ITEM_CLUSTER)
     marked = mark_history_events(events).select(*cols)
     schema = params.output_schema()
-    return marked.groupBy(C.USER_ID).applyInArrow(lambda t: user_histories(t, params), schema)
+    stream = marked.repartition(C.USER_ID).sortWithinPartitions(C.USER_ID, C.EVENT_TS, C.ITEM_ID)
+    return stream.mapInArrow(lambda batches: _stream_histories(batches, params, chunk_rows), schema)

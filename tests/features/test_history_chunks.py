@@ -1,0 +1,68 @@
+"""Histories of many users at once: chunked streaming equals one call per user."""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import functions as F
+
+from twotower_features import columns as C
+from twotower_features.history import HistoryParams, compute_histories, user_histories
+
+BASE = dt.datetime(2026, 7, 1, tzinfo=dt.timezone.utc)
+K = 4
+
+
+def _events(seed: int = 0) -> pa.Table:
+    """Users of very different sizes, coarse timestamps (many same-instant ties), labels 0/1."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u, n in enumerate([1, 2, 40, 3, 0, 25, 7, 60, 1, 12]):
+        for _ in range(n):
+            rows.append((f"u{u}", f"i{rng.integers(0, 9)}", int(rng.integers(0, 15)), int(rng.integers(0, 2)), float(rng.uniform(0, 20))))
+    rng.shuffle(rows)
+    return pa.table({
+        C.USER_ID: [r[0] for r in rows],
+        C.ITEM_ID: [r[1] for r in rows],
+        C.EVENT_TS: pa.array([BASE + dt.timedelta(minutes=r[2]) for r in rows], pa.timestamp("us", tz="UTC")),
+        C.LABEL: pa.array([r[3] for r in rows], pa.int32()),
+        C.TIME_SPENT: [r[4] for r in rows],
+        C.ITEM_AVG_TIME_SPENT: [10.0] * len(rows),
+        "item_idx": pa.array([int(r[1][1:]) for r in rows], pa.int32()),
+        C.ITEM_CLUSTER: pa.array([int(r[1][1:]) % K for r in rows], pa.int32()),
+    })
+
+
+def _key(r: dict) -> tuple:
+    return (r[C.USER_ID], r[C.ITEM_ID], r["ts"])
+
+
+def test_chunked_spark_histories_equal_one_call_per_user(spark):
+    params = HistoryParams(n=3, aggregations=("clusters",), concat_k=2, keep_lists=True, emb_dim=0, n_clusters=K, matrix_file=None)
+    t = _events()
+    # reference: the pure function on each user's rows alone
+    marked = t.append_column("_is_pos", pa.array([x == 1 for x in t.column(C.LABEL).to_pylist()]))
+    marked = marked.append_column("_is_neg", pa.array([lab == 0 and s < 10.0 for lab, s in zip(t.column(C.LABEL).to_pylist(), t.column(C.TIME_SPENT).to_pylist())]))
+    expected = {}
+    for u in sorted(set(t.column(C.USER_ID).to_pylist())):
+        one = marked.filter(pc.equal(marked.column(C.USER_ID), u))
+        out = user_histories(one, params)
+        out = out.append_column("ts", out.column(C.EVENT_TS).cast(pa.int64()))
+        for r in out.to_pylist():
+            expected.setdefault(_key(r), []).append(r)
+    df = spark.createDataFrame(t.to_pandas())
+    for chunk_rows in (1, 5, 1000):  # a chunk per user, chunks cutting users, one chunk
+        got = {}
+        for r in compute_histories(df, params, chunk_rows=chunk_rows).withColumn("ts", F.unix_micros(C.EVENT_TS)).collect():
+            d = r.asDict()
+            got.setdefault(_key(d), []).append(d)
+        assert sorted(got) == sorted(expected), chunk_rows
+        for k, rows in expected.items():
+            g = got[k]
+            assert len(g) == len(rows)
+            for side in ("pos", "neg"):
+                assert sorted(x[f"{side}_history"] for x in g) == sorted(x[f"{side}_history"] for x in rows), (chunk_rows, k, side)
+                assert sorted(x[f"{side}_hist_len"] for x in g) == sorted(x[f"{side}_hist_len"] for x in rows)
+                np.testing.assert_allclose(sorted(x[f"{side}_hist_clusters"] for x in g), sorted(x[f"{side}_hist_clusters"] for x in rows), rtol=1e-6)
