@@ -130,10 +130,13 @@ def train(features_dir, model_dir, config, epochs):
 def evaluate(features_dir, model_dir, out_dir, ground_truth):
     """Score the validation day; metrics next to random, popularity and oracle rows."""
     from twotower_model.evaluate import evaluate as run
-    from twotower_model.evaluate import format_table
+    from twotower_model.evaluate import format_diagnostics, format_table
 
     result = run(features_dir, model_dir, out_dir, ground_truth=ground_truth)
     click.echo(format_table(result["rows"]))
+    if "diagnostics" in result:
+        click.echo("")
+        click.echo(format_diagnostics(result["diagnostics"]))
 
 
 @main.command()
@@ -170,7 +173,7 @@ def demo(ctx, out, users, items, config):
     spark.stop()
     t_features = time.monotonic() - t0
     from twotower_model.evaluate import evaluate as run_eval
-    from twotower_model.evaluate import format_table
+    from twotower_model.evaluate import format_diagnostics, format_table
     from twotower_model.train import train as run_train
 
     click.echo("== train")
@@ -178,6 +181,9 @@ def demo(ctx, out, users, items, config):
     click.echo("== evaluate")
     result = run_eval(str(out / "features"), str(out / "model"), str(out / "eval"), ground_truth=str(out / "data" / "ground_truth"))
     click.echo(format_table(result["rows"]))
+    if "diagnostics" in result:
+        click.echo("")
+        click.echo(format_diagnostics(result["diagnostics"]))
     click.echo(f"demo: {time.monotonic() - t0:.0f}s (data and features {t_features:.0f}s); outputs in {out}/")
 
 
@@ -202,10 +208,138 @@ def experiment_list():
         click.echo(f"{p.stem:32s} {cfg.description}")
 
 
-experiment.command(name="run", help="Run one experiment end to end (not built yet).")(click.argument("name")(_not_built("experiment run", 5)))
-main.command(name="report", help="Side-by-side experiment report (not built yet).")(_not_built("report", 5))
-main.command(name="nightly", help="Nightly idempotent run for one date (not built yet).")(_not_built("nightly", 6))
-main.command(name="backfill", help="Backfill a date range (not built yet).")(_not_built("backfill", 6))
+@experiment.command(name="run")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--input", "input_dir", default=None, type=click.Path(file_okay=False), help="Input tables (default: ROOT/data, generated with `generate`'s defaults when missing).")
+@click.option("--root", default="experiments-output", show_default=True, type=click.Path(file_okay=False), help="Folder for features, runs, the tracking store and the report.")
+@click.option("--seed", "seeds", multiple=True, type=int, help="Override model.seed (runs are named NAME-seedS); repeat to run several seeds.")
+@click.option("--epochs", default=None, type=click.IntRange(1), help="Override model.epochs.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///ROOT/mlflow.db).")
+@click.option("--mlflow-experiment", default="twotower", show_default=True, help="MLflow experiment the runs are logged under.")
+@click.pass_context
+def experiment_run(ctx, names, input_dir, root, seeds, epochs, tracking_uri, mlflow_experiment):
+    """Run experiments end to end: features (reusing stage outputs already built under ROOT for
+    the same config sections and inputs), train, evaluate, track in MLflow. NAMES are catalog
+    names or config files."""
+    from .experiment import ExperimentError, run_experiment
+
+    cfgs = [load_config(n) for n in names]
+    spark = []
+
+    def spark_factory():
+        if not spark:
+            spark.append(_spark(ctx, "twotower-experiment"))
+        return spark[0]
+
+    if input_dir is None:
+        input_dir = str(Path(root, "data"))
+        if not Path(input_dir, "interactions").exists():
+            from .generate import generate as gen
+
+            click.echo(f"== generate (generator defaults) -> {input_dir}")
+            gen(spark_factory(), input_dir)
+    elif not Path(input_dir).is_dir():
+        raise click.BadParameter(f"{input_dir!r} is not a folder", param_hint="--input")
+    for cfg in cfgs:
+        for seed in seeds or (None,):
+            try:
+                run_experiment(cfg, input_dir, root, spark_factory=spark_factory, seed=seed, epochs=epochs,
+                               tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment, log=click.echo)
+            except ExperimentError as e:
+                raise click.ClickException(str(e)) from None
+@main.command(name="report")
+@click.option("--root", default="experiments-output", show_default=True, type=click.Path(exists=True, file_okay=False), help="Folder `experiment run` wrote to.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Where to write report.md and report.html (default: ROOT).")
+def report(root, out_dir):
+    """Side-by-side experiment report (Markdown and a self-contained HTML page with plots)."""
+    from twotower_model.report import ReportError, write_report
+
+    try:
+        paths = write_report(root, out_dir or root)
+    except ReportError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(Path(paths["markdown"]).read_text())
+    click.echo(f"report: {paths['markdown']} and {paths['html']}")
+# ------------------------------------------------------------------------------ nightly, backfill
+_CHAIN = ("prepare", "embeddings", "examples", "tfrecords")
+
+
+class _Busy(click.ClickException):
+    exit_code = 75  # EX_TEMPFAIL: another run holds the date; retry later
+
+
+def _iso_date(value: str, hint: str) -> _dt.date:
+    try:
+        return _dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"expected YYYY-MM-DD, got {value!r}", param_hint=hint) from None
+
+
+def _production_options(f):
+    for opt in reversed([
+        click.option("--config", "config", required=True, help="Experiment config file (TOML) or catalog name; its window.validation_date is replaced by each date."),
+        click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Folder with the input tables."),
+        click.option("--output", "output_root", required=True, type=click.Path(file_okay=False), help="Output root: ROOT/<date> is the published snapshot of that date."),
+        click.option("--force", is_flag=True, help="Rebuild every stage even when its output is complete and unchanged."),
+        click.option("--dry-run", is_flag=True, help="Only report which stages would run."),
+        click.option("--lock-wait", default=0.0, show_default=True, type=click.FloatRange(0), help="Seconds to wait for another run of the same date to finish."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _record_summary(r: dict) -> dict:
+    return {k: r.get(k) for k in ("date", "status", "published", "run_id", "quarantine")} | {"stages": {s: v.get("action") for s, v in r.get("stages", {}).items()}}
+
+
+@main.command(name="nightly")
+@_production_options
+@click.option("--date", "date_", required=True, help="The date D (YYYY-MM-DD): validation day D, train window the train_days days before it.")
+@click.option("--stage", "until", default="tfrecords", show_default=True, type=click.Choice(_CHAIN), help="Bring the chain up to date through this stage (one spark-submit per stage); the last stage publishes.")
+@click.pass_context
+def nightly_cmd(ctx, config, input_dir, output_root, force, dry_run, lock_wait, date_, until):
+    """The stage chain for one date, skipping stages whose output is complete and unchanged; publishes ROOT/DATE atomically."""
+    from .lock import LockBusy
+    from .nightly import NightlyError, run_date
+
+    cfg = load_config(config)
+    day = _iso_date(date_, "--date")
+    spark = _spark(ctx, f"twotower-nightly-{day}")
+    try:
+        record = run_date(spark, cfg, input_dir, output_root, day, until=until, force=force, dry_run=dry_run, lock_wait_s=lock_wait, log=click.echo)
+    except LockBusy as e:
+        raise _Busy(str(e)) from None
+    except NightlyError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(_record_summary(record), indent=2, default=str))
+
+
+@main.command(name="backfill")
+@_production_options
+@click.option("--start", "start", required=True, help="First date (YYYY-MM-DD).")
+@click.option("--end", "end", required=True, help="Last date (YYYY-MM-DD), inclusive.")
+@click.option("--keep-going", is_flag=True, help="Run every date even when one fails (exit status 1 if any failed).")
+@click.pass_context
+def backfill_cmd(ctx, config, input_dir, output_root, force, dry_run, lock_wait, start, end, keep_going):
+    """`nightly` for every date from --start to --end, oldest first; each date is its own snapshot."""
+    from .lock import LockBusy
+    from .nightly import NightlyError, backfill
+
+    cfg = load_config(config)
+    first, last = _iso_date(start, "--start"), _iso_date(end, "--end")
+    if last < first:
+        raise click.BadParameter(f"--end ({last}) is before --start ({first})", param_hint="--end")
+    spark = _spark(ctx, f"twotower-backfill-{first}-{last}")
+    try:
+        records = backfill(spark, cfg, input_dir, output_root, first, last, keep_going=keep_going, force=force, dry_run=dry_run, lock_wait_s=lock_wait, log=click.echo)
+    except LockBusy as e:
+        raise _Busy(str(e)) from None
+    except NightlyError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps([_record_summary(r) for r in records], indent=2, default=str))
+    failed = [r["date"] for r in records if r.get("status") == "failed"]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(records)} dates failed: {failed}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ from .labels import add_label, add_weight
 from .report import StageReport
 from .sampling import class_counts, downsample, rebalance_rates, ratio_string, sample_users
 from .spec import Column, FeatureSpec
-from .validate import INTERACTION_SCHEMA, ITEM_SCHEMA, USER_SCHEMA, check_schema, quarantine_interactions
+from .stats_source import read_stats, stats_dates
+from .validate import INTERACTION_SCHEMA, ITEM_SCHEMA, USER_SCHEMA, check_day_volume, check_schema, day_volumes, quarantine_interactions
 from .window import assign_split, window_filter
 
 STAGES = ("prepare", "embeddings", "examples", "tfrecords")
@@ -86,19 +87,21 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     """Validate, split, fit and apply the filters, label and weight; write tables/filtered."""
     p = _paths(out)
     rep = StageReport("prepare")
-    io.write_json_atomic(Path(out, "resolved_config.json"), cfg.to_dict())
     raw = check_schema(io.read_table(spark, io.table_path(input_dir, "interactions")), INTERACTION_SCHEMA, "interactions")
     items = check_schema(io.read_table(spark, io.table_path(input_dir, "items")), ITEM_SCHEMA, "items")
     raw = raw.filter(window_filter(cfg.window)).select(*C.INTERACTION_COLUMNS)
-    n_in = raw.count()
+    volumes = day_volumes(raw)
+    n_in = sum(volumes.values())
     if n_in == 0:
         raise StageError(
             f"no interactions between {cfg.window.train_start} and {cfg.window.validation_date} in "
             f"{io.table_path(input_dir, 'interactions')}: nothing was written"
         )
+    # the day's volume against the days before it (quality band), before anything is written
+    rep.facts["day_volume"] = check_day_volume(volumes, cfg.window, cfg.quality)
     # items whose embeddings hold NaN/Inf count as unknown: their rows are quarantined
     good_items = items.filter(nan_free(items, _needed_sources(cfg))).select(C.ITEM_ID)
-    valid, bad = quarantine_interactions(raw, good_items)
+    valid, bad = quarantine_interactions(raw, good_items, max_fraction_watched=cfg.quality.max_fraction_watched)
     valid = valid.cache()
     bad = bad.cache()
     n_valid = valid.count()
@@ -119,6 +122,8 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     item_avg = train.groupBy(C.ITEM_ID).agg(F.avg(C.TIME_SPENT).alias(C.ITEM_AVG_TIME_SPENT))
     item_filter = flt.fit_item_filter(train, cfg.filters)
     art = p["artifacts"]
+    # the first write of the stage: every check that can refuse the input has passed
+    io.write_json_atomic(Path(out, "resolved_config.json"), cfg.to_dict())
     item_avg.write.mode("overwrite").parquet(f"{art}/item_avg_time_spent")
     item_filter.write.mode("overwrite").parquet(f"{art}/item_filter")
     item_filter = spark.read.parquet(f"{art}/item_filter")
@@ -133,7 +138,7 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     filtered = add_weight(filtered, cfg.weight).join(item_avg, C.ITEM_ID, "left")
 
     io.write_delta(filtered, p["filtered"], partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg))
-    if n_bad:
+    if n_bad or io.is_delta(p["quarantine"]):  # a clean rerun empties the window's quarantine rows
         io.write_delta(bad, p["quarantine"], partition_by=[C.DT], replace_where=_window_dates(cfg))
 
     # the report: rows per split at each step, removals per rule
@@ -231,9 +236,9 @@ def _performance_vectors(df: DataFrame) -> DataFrame:
     return df
 
 
-def _stats_as_of_previous_day(spark: SparkSession, input_dir: str, table: str, key: str, prefix: str) -> DataFrame | None:
-    """Stats keyed by (id, dt) shifted so that an example on day D joins the row of D-1."""
-    df = io.read_table(spark, io.table_path(input_dir, table), required=False)
+def _stats_as_of_previous_day(spark: SparkSession, input_dir: str, table: str, key: str, prefix: str, cfg: ExperimentConfig) -> DataFrame | None:
+    """Stats keyed by (id, dt) shifted so that an example on day D joins the row of D-1 (files or PostgreSQL: `cfg.stats`)."""
+    df = read_stats(spark, input_dir, table, cfg.stats, dates=stats_dates(cfg.window.validation_date, cfg.window.train_days))
     if df is None:
         return None
     return df.select(
@@ -271,13 +276,13 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     # statistics as of the day before, normalised with train statistics
     stat_cols: list[str] = []
     for table, key, prefix in (("user_stats", C.USER_ID, "user"), ("item_stats", C.ITEM_ID, "item")):
-        st = _stats_as_of_previous_day(spark, input_dir, table, key, prefix)
+        st = _stats_as_of_previous_day(spark, input_dir, table, key, prefix, cfg)
         if st is not None:
             examples = examples.join(st, [key, C.DT], "left")
             stat_cols += [c for c in st.columns if c not in (key, C.DT)]
     item_cols = [c for c in items.columns if c not in ("item_idx",)]
     examples = examples.join(items.select(*item_cols), C.ITEM_ID, "left")
-    st = _stats_as_of_previous_day(spark, input_dir, "creator_stats", C.CREATOR_ID, "creator")
+    st = _stats_as_of_previous_day(spark, input_dir, "creator_stats", C.CREATOR_ID, "creator", cfg)
     if st is not None:
         examples = examples.join(st, [C.CREATOR_ID, C.DT], "left")
         stat_cols += [c for c in st.columns if c not in (C.CREATOR_ID, C.DT)]
@@ -303,7 +308,7 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
             events = events.join(F.broadcast(items.select(C.ITEM_ID, "item_idx", *([C.ITEM_CLUSTER] if "clusters" in aggs else []))), C.ITEM_ID)
         matrix = f"{art}/history_matrix.npy" if {"mean", "concat"} & set(aggs) else None
         if matrix:
-            spark.sparkContext.addFile(matrix)
+            matrix = io.ship_file(spark, matrix)
         params = HistoryParams(
             n=cfg.history.n, aggregations=aggs, concat_k=cfg.history.concat_k, keep_lists=cfg.history.keep_lists,
             emb_dim=cfg.embeddings.pca_components, n_clusters=cfg.embeddings.kmeans_k, matrix_file=matrix,
@@ -377,6 +382,21 @@ def spec_columns(cfg: ExperimentConfig, examples: DataFrame) -> list[Column]:
     return cols
 
 
+def _input_versions(spark: SparkSession, cfg: ExperimentConfig, input_dir: str) -> dict[str, dict]:
+    """Delta version or Parquet fingerprint per input; statistics read from PostgreSQL by a content
+    hash of the days the run read (the URL and table, never credentials)."""
+    from .stats_source import stats_dates, stats_fingerprint
+
+    out = {t: io.table_version(spark, io.table_path(input_dir, t)) for t in ("interactions", "items", "users")}
+    dates = stats_dates(cfg.window.validation_date, cfg.window.train_days)
+    for t in ("user_stats", "item_stats", "creator_stats"):
+        if cfg.stats.source == "postgres":
+            out[t] = stats_fingerprint(spark, input_dir, t, cfg.stats, dates)
+        else:
+            out[t] = io.table_version(spark, io.table_path(input_dir, t))
+    return out
+
+
 def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
     """Vocabularies, feature_spec.json, TFRecords per split and for the catalog, manifest.json."""
     from .tfrecord import write_tfrecords
@@ -406,7 +426,7 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
     rows = {}
     for split in (C.TRAIN, C.VALIDATION):
         part = examples.filter(F.col(C.SPLIT) == split).select(*names).withColumn(C.LABEL, F.col(C.LABEL).cast("float"))
-        res = write_tfrecords(part, f"{p['tfrecords']}/{split}", sized, num_shards=cfg.output.tfrecord_shards)
+        res = write_tfrecords(part, f"{p['tfrecords']}/{split}", sized, num_shards=cfg.output.tfrecord_shards, sort_by=[C.USER_ID, C.ITEM_ID, C.EVENT_TS])
         rows[split] = int(res["rows"])
     item_cols = [c for c in sized if c.tower == "item" or c.name == C.ITEM_ID]
     items = spark.read.parquet(f"{art}/items.parquet")
@@ -417,11 +437,11 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
     items = _performance_vectors(items)
     last_day = cfg.window.validation_date
     for table, key, prefix in (("item_stats", C.ITEM_ID, "item"), ("creator_stats", C.CREATOR_ID, "creator")):
-        st = _stats_as_of_previous_day(spark, input_dir, table, key, prefix)
+        st = _stats_as_of_previous_day(spark, input_dir, table, key, prefix, cfg)
         if st is not None:
             st = st.filter(F.col(C.DT) == F.lit(last_day)).drop(C.DT)
             items = _zscore_apply(items.join(st, key, "left"), {k: v for k, v in norm.items() if k in st.columns})
-    res = write_tfrecords(items.select(*[c.name for c in item_cols]), f"{p['tfrecords']}/catalog", item_cols, num_shards=1)
+    res = write_tfrecords(items.select(*[c.name for c in item_cols]), f"{p['tfrecords']}/catalog", item_cols, num_shards=1, sort_by=[C.ITEM_ID])
     rows["catalog"] = int(res["rows"])
 
     spec = FeatureSpec(
@@ -447,7 +467,7 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
         "rows": rows,
         "label_ratio": {r[C.SPLIT]: ratio_string(int(r["p"]), int(r["n"]) - int(r["p"])) for r in counts},
         "sampling": {"user_fraction": cfg.sampling.user_fraction, "seed": cfg.sampling.seed, **prep["facts"].get("rebalance_keep_rates", {})},
-        "inputs": {t: io.table_version(spark, io.table_path(input_dir, t)) for t in ("interactions", "items", "users", "user_stats", "item_stats", "creator_stats")},
+        "inputs": _input_versions(spark, cfg, input_dir),
         "window": {"train_start": str(cfg.window.train_start), "train_end": str(cfg.window.train_end), "validation": str(cfg.window.validation_date)},
     }
     io.write_json_atomic(Path(out, "manifest.json"), manifest)
