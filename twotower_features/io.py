@@ -11,6 +11,8 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
+from . import faults
+
 
 def is_delta(path: str) -> bool:
     return Path(path, "_delta_log").is_dir()
@@ -56,6 +58,7 @@ def write_delta(df: DataFrame, path: str, *, partition_by: list[str], replace_wh
 
     Delta commits atomically: a failed write leaves the previous version readable.
     """
+    df = faults.wrap_delta_write(df, path)  # unchanged unless TWOTOWER_FAULT is set (tests)
     writer = df.write.format("delta").mode("overwrite").option("partitionOverwriteMode", "static")
     if replace_where and is_delta(path):
         writer = writer.option("replaceWhere", replace_where)
@@ -82,3 +85,25 @@ def replace_dir(staging: Path, final: Path) -> None:
     Path(staging).rename(final)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+def ship_file(spark: SparkSession, path: str) -> str:
+    """``SparkContext.addFile`` a copy of ``path`` named after its content; return the copy's path.
+
+    A session refuses a second file of the same name from another folder, executors keep added
+    files by name, and Python workers may cache what they loaded by path: a content-addressed
+    name keeps several experiments, or a rerun after new embeddings, apart in one session. The
+    copy lives in the session's temporary folder, deleted when the session stops.
+    """
+    src = Path(path)
+    h = hashlib.sha256()
+    with open(src, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    shipped = Path(spark.sparkContext._temp_dir) / f"{src.stem}-{h.hexdigest()[:16]}{src.suffix}"
+    if not shipped.exists():
+        tmp = shipped.with_name(f".{shipped.name}.{uuid.uuid4().hex[:8]}")
+        shutil.copyfile(src, tmp)
+        tmp.replace(shipped)
+        spark.sparkContext.addFile(str(shipped))
+    return str(shipped)

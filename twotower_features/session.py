@@ -1,8 +1,10 @@
 """The one SparkSession factory.
 
 Local mode by default, Delta's extensions on, UTC, few shuffle partitions for small data; every
-setting can be overridden with ``conf``. Under ``spark-submit`` the master, memory and jars that
-spark-submit was given win: this factory only fills in what is missing.
+setting can be overridden with ``conf``. Under ``spark-submit`` the master, memory, ``--conf``
+settings and jars that spark-submit was given win: this factory only fills in what is missing,
+and fails with the fix when the driver lacks Delta (spark-submit needs ``--jars``: the driver's
+classpath is fixed before any Python runs).
 
 Spark's JVM dependencies (Delta, the PostgreSQL driver) are never downloaded when a session
 starts: ``make jars`` copies them into ``build/jars`` at install time, and this factory hands
@@ -20,8 +22,9 @@ from typing import Mapping
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JARS_DIR = REPO_ROOT / "build" / "jars"
 
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DEFAULTS: dict[str, str] = {
-    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.extensions": DELTA_EXTENSION,
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.shuffle.partitions": "8",
@@ -81,15 +84,21 @@ def build_session(app_name: str = "twotower", master: str | None = None, conf: M
         settings["spark.jars"] = ",".join(find_jars())
     else:
         # spark-submit already placed --jars/--conf; only fill in what it left unset.
-        from pyspark import SparkConf
+        from pyspark import SparkConf, SparkContext
 
+        # attach to spark-submit's JVM first: before that, SparkConf() is an empty Python-side
+        # dict that sees none of --conf/--jars, and the defaults below would override them
+        SparkContext._ensure_initialized()
         given = SparkConf()
         settings = {k: v for k, v in DEFAULTS.items() if not given.contains(k)}
-        if not given.contains("spark.jars") or "delta-spark" not in given.get("spark.jars", ""):
-            try:
-                settings["spark.jars"] = ",".join(filter(None, [given.get("spark.jars", ""), *find_jars()]))
-            except MissingJarsError:
-                pass  # the cluster may provide Delta on its classpath
+        # the driver's classpath was fixed when spark-submit started its JVM: spark.jars set now
+        # would reach the executors but not the driver, so Delta must already be there
+        if not SparkContext._jvm.org.apache.spark.util.Utils.classIsLoadable(DELTA_EXTENSION):
+            raise MissingJarsError(
+                "spark-submit was started without Delta's jars: pass them with "
+                f"--jars $(ls {jars_dir()}/*.jar | paste -sd, -) (or set spark.jars / spark.jars.packages "
+                "in spark-defaults.conf)"
+            )
     settings.update(conf)
     for k, v in settings.items():
         builder = builder.config(k, v)

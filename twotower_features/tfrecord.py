@@ -59,6 +59,7 @@ import pyarrow.compute as pc
 
 import google_crc32c
 
+from . import faults
 from .spec import Column
 
 __all__ = [
@@ -730,6 +731,7 @@ def write_tfrecords(
     num_shards: int,
     prefix: str = "part",
     partition_by: Sequence[str] | None = None,
+    sort_by: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``df`` as ``num_shards`` TFRecord files of ``tf.train.Example`` into ``out_dir``.
 
@@ -737,7 +739,9 @@ def write_tfrecords(
     ``s3://``, ...); on a cluster it must be storage that every executor and the driver see.
     ``df`` must hold every column of ``columns`` (extra columns are dropped first). Rows are
     spread over the shards round-robin, or with ``partition_by`` by a hash of those columns (all
-    rows of a key in one shard, e.g. a user's impressions). Each Spark task encodes its Arrow
+    rows of a key in one shard, e.g. a user's impressions). With ``sort_by`` (columns that are a
+    unique key) rows go to shards by a hash of the key and are sorted by it within each shard, so
+    the files are the same, byte for byte, on every run. Each Spark task encodes its Arrow
     batches and streams them into a staging file; the driver then names the shards
     ``<prefix>-00000-of-00004.tfrecord`` (empty shards are written too, so the count is stable),
     writes ``_SUCCESS`` (JSON: rows, shards, bytes, rows per shard) and publishes.
@@ -793,12 +797,15 @@ def write_tfrecords(
             return F.col("`" + name.replace("`", "``") + "`")
 
         names = [c.name for c in columns]
-        keep = names + [c for c in part_cols if c not in names]
+        keep = names + [c for c in dict.fromkeys([*part_cols, *(sort_by or ())]) if c not in names]
         selected = df.select(*map(quoted, keep))
-        if part_cols:
-            selected = selected.repartition(num_shards, *map(quoted, part_cols))
+        if part_cols or sort_by:
+            # hash partitioning is a function of the row, so every run puts a row in the same shard
+            selected = selected.repartition(num_shards, *map(quoted, part_cols or sort_by))
         else:
             selected = selected.repartition(num_shards)
+        if sort_by:
+            selected = selected.sortWithinPartitions(*map(quoted, sort_by))
         selected = selected.select(*map(quoted, names))
         results = selected.mapInArrow(_shard_writer(staging_uri, columns), _RESULT_DDL).collect()
 
@@ -827,6 +834,7 @@ def write_tfrecords(
         with filesystem.open_output_stream(posixpath.join(tmp_path, SUCCESS_FILE)) as f:
             f.write(json.dumps({"rows": rows, "shards": num_shards, "bytes": total_bytes, "shard_rows": shard_rows}).encode())
 
+        faults.driver_checkpoint("kill_driver_before_tfrecord_commit", posixpath.basename(path))  # tests only
         had_old = _exists(filesystem, path)
         if had_old:
             filesystem.move(path, old_path)
