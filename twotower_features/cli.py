@@ -90,11 +90,17 @@ def _feature_command(name: str, stages: tuple[str, ...], doc: str):
     @click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Folder for this experiment's feature outputs.")
     @click.pass_context
     def cmd(ctx, config, input_dir, output_dir):
-        from .pipeline import run_features
+        from .pipeline import StageError, run_features
+        from .validate import QualityError
 
         cfg = load_config(config)
         spark = _spark(ctx, f"twotower-{name}")
-        run_features(spark, cfg, input_dir, output_dir, stages=stages, log=click.echo)
+        try:
+            run_features(spark, cfg, input_dir, output_dir, stages=stages, log=click.echo)
+        except (StageError, QualityError) as e:  # a refused input: the message says what and that nothing was written
+            raise click.ClickException(str(e)) from None
+        finally:
+            spark.stop()
 
     return cmd
 

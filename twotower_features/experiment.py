@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .config import ExperimentConfig
+from .io import parquet_fingerprint
 
 STAGES = ("prepare", "embeddings", "examples", "tfrecords")
 INPUT_TABLES = ("interactions", "items", "users", "user_stats", "item_stats", "creator_stats")
@@ -126,15 +127,7 @@ def input_identity(input_dir: str | Path) -> dict[str, Any]:
             commits = [int(p.stem) for p in (path / "_delta_log").glob("*.json") if p.stem.isdigit()]
             out[name] = {"path": str(path), "format": "delta", "version": max(commits) if commits else -1}
         else:
-            h = hashlib.sha256()
-            n = 0
-            for root, _, files in sorted(os.walk(path)):
-                for f in sorted(files):
-                    if f.endswith(".parquet"):
-                        st = os.stat(os.path.join(root, f))
-                        h.update(f"{os.path.relpath(os.path.join(root, f), path)}:{st.st_size}:{int(st.st_mtime)}".encode())
-                        n += 1
-            out[name] = {"path": str(path), "format": "parquet", "files": n, "fingerprint": h.hexdigest()[:16]}
+            out[name] = {"path": str(path), "format": "parquet", **parquet_fingerprint(path)}
     return out
 
 

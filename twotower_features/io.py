@@ -42,6 +42,11 @@ def table_version(spark: SparkSession, path: str) -> dict[str, Any]:
 
         last = DeltaTable.forPath(spark, path).history(1).select("version").collect()[0][0]
         return {"path": path, "format": "delta", "version": int(last)}
+    return {"path": path, "format": "parquet", **parquet_fingerprint(path)}
+
+
+def parquet_fingerprint(path: str | Path) -> dict[str, Any]:
+    """`files` and a `fingerprint` of a Parquet folder: the hash of its files' names, sizes, mtimes."""
     h = hashlib.sha256()
     n = 0
     for root, _, files in sorted(os.walk(path)):
@@ -50,7 +55,7 @@ def table_version(spark: SparkSession, path: str) -> dict[str, Any]:
                 st = os.stat(os.path.join(root, f))
                 h.update(f"{os.path.relpath(os.path.join(root, f), path)}:{st.st_size}:{int(st.st_mtime)}".encode())
                 n += 1
-    return {"path": path, "format": "parquet", "files": n, "fingerprint": h.hexdigest()[:16]}
+    return {"files": n, "fingerprint": h.hexdigest()[:16]}
 
 
 def write_delta(df: DataFrame, path: str, *, partition_by: list[str], replace_where: str | None = None) -> None:
