@@ -14,8 +14,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 demo: install
 	$(BIN)/twotower demo
 
+# Two workers: much of the suite waits on JVM start-ups, spark-submit and servers, so two test
+# processes overlap that waiting; files (and the production and cluster folders) stay whole.
 test: install system-deps
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadgroup
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"

@@ -26,7 +26,7 @@ setup(
         # The trainer runs on CPU or GPU. `tensorflow` on a GPU box, `tensorflow-cpu` elsewhere.
         "train": ["tensorflow>=2.16,<2.22"],
         "train-cpu": ["tensorflow-cpu>=2.16,<2.22"],
-        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "pytest-xdist>=3.5,<4"],
         # `experiment run` / `report`: MLflow tracking (skinny: full mlflow pins pyarrow < 26 and
         # pulls a web server; its SQLite store needs SQLAlchemy and Alembic) and the report's plots.
         "catalog": ["mlflow-skinny>=3.10,<4", "sqlalchemy>=2,<3", "alembic>=1.13,<2", "matplotlib>=3.8,<4"],

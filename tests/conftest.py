@@ -29,3 +29,15 @@ def spark():
     )
     yield session
     session.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): the tests of a file, and of
+    the production folder, whose files share session fixtures (generated inputs, nightly outputs,
+    a PostgreSQL server), stay on one worker, so those fixtures are built once. The two cluster
+    files may run on different workers (each then builds the small reference run): they are the
+    longest groups."""
+    for item in items:
+        rel = os.path.relpath(str(item.path), os.path.dirname(__file__))
+        group = "production" if rel.split(os.sep)[0] == "production" else rel
+        item.add_marker(pytest.mark.xdist_group(group))

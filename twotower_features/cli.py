@@ -193,14 +193,7 @@ def demo(ctx, out, users, items, config):
     click.echo(f"demo: {time.monotonic() - t0:.0f}s (data and features {t_features:.0f}s); outputs in {out}/")
 
 
-# ------------------------------------------------------------------------------ not yet
-def _not_built(name: str, issue: int):
-    def cmd(**_):
-        raise click.ClickException(f"`twotower {name}` is not built yet (tracked in issue {issue}); nothing was run.")
-
-    return cmd
-
-
+# ------------------------------------------------------------------------------ experiments
 @main.group()
 def experiment():
     """The experiment catalog: list, run."""
