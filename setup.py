@@ -18,9 +18,9 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["twotower_features*", "twotower_model*"]),
+    packages=find_packages(include=["twotower", "twotower.*", "twotower_features*", "twotower_model*"]),
     py_modules=[],
-    package_data={"twotower_features": ["experiments/*.toml"]},
+    package_data={"twotower": ["experiments/*.toml"]},
     install_requires=SPARK + CORE,
     extras_require={
         # The trainer runs on CPU or GPU. `tensorflow` on a GPU box, `tensorflow-cpu` elsewhere.
@@ -33,5 +33,5 @@ setup(
         # `make bench`: the DuckDB baselines the feature stages are measured against.
         "bench": ["duckdb>=1.1,<3"],
     },
-    entry_points={"console_scripts": ["twotower=twotower_features.cli:main"]},
+    entry_points={"console_scripts": ["twotower=twotower.cli:main"]},
 )

@@ -251,7 +251,7 @@ def ensure_data(spark, size: str, events: int) -> tuple[Path, dict[str, Any]]:
 
 
 def load_exp08():
-    from twotower_features.cli import load_config
+    from twotower.cli import load_config
 
     cfg = load_config("exp08_simclr_cluster18_creator")
     return replace(cfg, history=replace(cfg.history, keep_lists=False))

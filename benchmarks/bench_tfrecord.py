@@ -12,6 +12,16 @@ Builds N rows of a typical example (2 string ids, 1 int64, 2 float scalars, a 64
 Usage: ``python benchmarks/bench_tfrecord.py [--rows 200000] [--repeats 3]``; with ``--input
 rows.parquet --spec feature_spec.json`` it times those rows and columns instead (``make bench``
 passes rows of the examples table), and ``--json FILE`` saves the rates.
+
+``--framing`` times ``frame_records`` alone instead (no TensorFlow), median of ``--repeats``
+(default 15) runs, on records of random bytes of the sizes the writer sees: 100k records of
+~300 bytes framed 10k at a time (Spark's Arrow batch) and all at once, 10k records of ~3 kB. It
+compares how the length headers are checksummed, the rest of the framing being the same:
+
+- distinct: what ``framing`` does, one ``google_crc32c`` call per distinct length in the call;
+- per record: one ``google_crc32c`` call per record;
+- numpy table: a crc32c table in numpy, vectorised over all headers at once (what framing used
+  before, beside ``google_crc32c`` for the data).
 """
 from __future__ import annotations
 
@@ -24,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pyarrow as pa
 
@@ -31,7 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from twotower_features.spec import Column  # noqa: E402
-from twotower_features.tfrecord import encode_batch, frame_records  # noqa: E402
+from twotower_features.tfrecord import framing  # noqa: E402
+from twotower_features.tfrecord.encode import EncodedRecords, encode_batch  # noqa: E402
+from twotower_features.tfrecord.framing import frame_records  # noqa: E402
 
 COLUMNS = [
     Column("user_id", "string", kind="key"),
@@ -91,15 +104,90 @@ def timed(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+def _crc32c_table() -> np.ndarray:
+    table = np.zeros(256, dtype=np.uint32)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table[i] = c
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def length_crcs_numpy_table(lengths: np.ndarray) -> np.ndarray:
+    """crc32c of each uint64 as 8 LE bytes, table-driven in numpy over all of them at once."""
+    crc = np.full(lengths.shape, 0xFFFFFFFF, dtype=np.uint32)
+    for k in range(8):
+        b = ((lengths >> np.uint64(8 * k)) & np.uint64(0xFF)).astype(np.uint32)
+        crc = _CRC_TABLE[(crc ^ b) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
+    return crc ^ np.uint32(0xFFFFFFFF)
+
+
+def length_crcs_per_record(lengths: np.ndarray) -> np.ndarray:
+    """crc32c of each uint64 as 8 LE bytes, one ``google_crc32c`` call per record."""
+    return np.fromiter((google_crc32c.value(v.to_bytes(8, "little")) for v in lengths.tolist()), dtype=np.uint32, count=len(lengths))
+
+
+def bench_framing(repeats: int) -> dict:
+    """Median seconds (wall, CPU) of framing each case with each way of checksumming the lengths."""
+    rng = np.random.default_rng(0)
+    cases = {}
+    for label, n, size, per_call in (
+        ("100k x ~300 B, 10k per call", 100_000, 300, 10_000),
+        ("100k x ~300 B, one call", 100_000, 300, 100_000),
+        ("10k x ~3 kB, 10k per call", 10_000, 3_000, 10_000),
+    ):
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(rng.integers(size * 5 // 6, size * 7 // 6 + 1, n), out=offsets[1:])  # +-1/6 around the size
+        data = rng.integers(0, 256, int(offsets[-1]), dtype=np.uint8).tobytes()
+        cases[label] = calls = []  # what encode_batch hands the writer: a buffer and offsets per call
+        for i in range(0, n, per_call):
+            o = offsets[i : i + per_call + 1]
+            calls.append(EncodedRecords(data[o[0] : o[-1]], o - o[0]))
+    ways = {"distinct": framing._length_crcs, "per record": length_crcs_per_record, "numpy table": length_crcs_numpy_table}
+    shipped = framing._length_crcs
+    out: dict = {}
+    try:
+        for label, calls in cases.items():
+            want = frame_records(calls[0])
+            runs: dict = {way: [] for way in ways}
+            for _ in range(repeats):  # the ways take turns, so a busy spell hits them alike
+                for way, fn in ways.items():
+                    framing._length_crcs = fn
+                    if frame_records(calls[0]) != want:
+                        raise SystemExit(f"{way}: framing differs from the shipped one")
+                    runs[way].append(timed(lambda: [frame_records(c) for c in calls], 1))
+            out[label] = {way: (statistics.median(w for w, _ in r), statistics.median(c for _, c in r)) for way, r in runs.items()}
+    finally:
+        framing._length_crcs = shipped
+    print(f"frame_records, median of {repeats}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    for label, times in out.items():
+        bw, bc = times["numpy table"]
+        cells = "  ".join(f"{way} {w * 1e3:6.1f} ms ({w / bw:.2f}x wall, {c / bc:.2f}x CPU)" for way, (w, c) in times.items())
+        print(f"{label:28s} {cells}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--loop-rows", type=int, default=20_000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, help="runs to take the median of (default 3; 15 with --framing)")
     ap.add_argument("--input", help="a Parquet file or folder of rows to write instead of the synthetic table")
     ap.add_argument("--spec", help="feature_spec.json naming the columns of --input")
     ap.add_argument("--json", help="also write the rates to this JSON file")
+    ap.add_argument("--framing", action="store_true", help="time frame_records alone: ways of checksumming the length headers")
     args = ap.parse_args()
+    if args.framing:
+        figures = bench_framing(args.repeats or 15)
+        if args.json:
+            seconds = {label: {way: {"wall_s": w, "cpu_s": c} for way, (w, c) in t.items()} for label, t in figures.items()}
+            Path(args.json).write_text(json.dumps(seconds, indent=2))
+        return
+    args.repeats = args.repeats or 3
 
     columns = COLUMNS
     if args.input:

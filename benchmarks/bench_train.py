@@ -6,7 +6,7 @@ item_id); 5k catalog items, 200k train examples in 8 shards.
 
 Measures (each after a warm-up: the first batch, or the first call of the train function):
 - tf.data records/s: the training input pipeline (shuffle, batch, parse) iterated alone;
-- training examples/s for each optimiser kind (``twotower_model.model.make_optimizer``),
+- training examples/s for each optimiser kind (``twotower_model.optimizer.make_optimizer``),
   optionally again with the user vocabulary padded to ``--big-vocab`` ids (unseen ids),
   which shows what dense Adam over a large embedding table costs;
 and prints the ratio training / tf.data.
@@ -47,7 +47,7 @@ import tensorflow as tf  # noqa: E402
 from twotower_features.config import ModelConfig  # noqa: E402
 from twotower_features.spec import Column, FeatureSpec  # noqa: E402
 from twotower_model.data import make_dataset  # noqa: E402
-from twotower_model.model import OPTIMIZERS  # noqa: E402
+from twotower_model.optimizer import OPTIMIZERS  # noqa: E402
 from twotower_model.train import fit_model  # noqa: E402
 
 SPLITS = {

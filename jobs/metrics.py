@@ -1,7 +1,7 @@
-"""spark-submit jobs/metrics.py --config ... : the `twotower metrics` command as a job file."""
+"""python jobs/metrics.py --predictions FILE --out FILE.json : the `twotower metrics` command as a job file (no Spark)."""
 import sys
 
-from twotower_features.cli import main
+from twotower.cli import main
 
 if __name__ == "__main__":
     main(["metrics", *sys.argv[1:]], prog_name="jobs/metrics.py")

@@ -1,7 +1,7 @@
-"""spark-submit jobs/train.py --config ... : the `twotower train` command as a job file."""
+"""python jobs/train.py --features DIR --model DIR [--config ...] : the `twotower train` command as a job file (no Spark)."""
 import sys
 
-from twotower_features.cli import main
+from twotower.cli import main
 
 if __name__ == "__main__":
     main(["train", *sys.argv[1:]], prog_name="jobs/train.py")

@@ -4,6 +4,11 @@ One module, so that a rename happens in one place and error messages can name co
 """
 from __future__ import annotations
 
+# input tables (folders under --input)
+INTERACTIONS = "interactions"
+ITEMS = "items"
+USERS = "users"
+
 # interactions (input contract)
 USER_ID = "user_id"
 ITEM_ID = "item_id"
@@ -29,7 +34,9 @@ EMBEDDING_COLUMNS = {"dedup": DEDUP_EMBEDDING, "simclr": SIMCLR_EMBEDDING}
 HANDSET_MAKER = "handset_maker"
 ACTIVITY_PROFILE = "activity_profile"
 
-# statistics tables ("recsys database"), keyed by id and dt
+# statistics tables ("recsys database"), keyed by id and dt: table name -> key column
+STATS_TABLES = {"user_stats": USER_ID, "item_stats": ITEM_ID, "creator_stats": CREATOR_ID}
+INPUT_TABLES = (INTERACTIONS, ITEMS, USERS, *STATS_TABLES)
 STAT_CTR = "ctr"
 STAT_TIMESPENT = "timespent"
 
@@ -44,7 +51,5 @@ TRAIN = "train"
 VALIDATION = "validation"
 ITEM_EMB = "item_emb"
 ITEM_CLUSTER = "item_cluster"
-POS_HISTORY = "pos_history"
-NEG_HISTORY = "neg_history"
 ITEM_AVG_TIME_SPENT = "item_avg_time_spent"
 QUARANTINE_REASON = "reason"

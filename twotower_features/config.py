@@ -11,10 +11,13 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
+
+from .errors import UserError
 
 WEIGHT_SCHEMES = ("none", "engagement_tiers", "sqrt_time_spent")
 EMBEDDING_SOURCES = ("dedup", "simclr")
@@ -49,7 +52,7 @@ ITEM_FEATURES = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is missing, of the wrong type or out of range; the message names it."""
 
 
@@ -58,11 +61,31 @@ def _check(cond: bool, name: str, expected: str, value: Any) -> None:
         raise ConfigError(f"config '{name}' must be {expected}, got {value!r}")
 
 
+def _int(v: Any) -> bool:
+    """An integer; TOML's true/false are bools, and a bool is an int to Python."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _list(name: str, value: Any) -> tuple:
+    """A TOML array (a tuple once resolved); a string is not a list of its characters."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"config '{name}' must be a list, got {value!r}")
+    return tuple(value)
+
+
 def _date(name: str, value: Any) -> _dt.date:
-    if isinstance(value, _dt.date):
+    # a TOML date-time is a datetime, a subclass of date: refused, the window is whole days
+    if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):
         return value
     try:
-        return _dt.date.fromisoformat(str(value))
+        if not isinstance(value, str):
+            raise ValueError
+        return _dt.date.fromisoformat(value)
     except ValueError:
         raise ConfigError(f"config '{name}' must be a date YYYY-MM-DD, got {value!r}") from None
 
@@ -76,7 +99,7 @@ class WindowConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "validation_date", _date("window.validation_date", self.validation_date))
-        _check(isinstance(self.train_days, int) and self.train_days >= 1, "window.train_days", "an integer >= 1", self.train_days)
+        _check(_int(self.train_days) and self.train_days >= 1, "window.train_days", "an integer >= 1", self.train_days)
 
     @property
     def train_start(self) -> _dt.date:
@@ -99,7 +122,7 @@ class FilterConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            _check(isinstance(v, int) and v >= 0, f"filters.{f.name}", "an integer >= 0", v)
+            _check(_int(v) and v >= 0, f"filters.{f.name}", "an integer >= 0", v)
 
     def client_max_interactions(self, train_days: int) -> int:
         """The cap scales with the window: 2000 per 7 days is 4000 for 14 days."""
@@ -123,7 +146,7 @@ class WeightConfig:
 
     def __post_init__(self) -> None:
         _check(self.scheme in WEIGHT_SCHEMES, "weight.scheme", f"one of {WEIGHT_SCHEMES}", self.scheme)
-        _check(isinstance(self.sqrt_cap, (int, float)) and self.sqrt_cap > 0, "weight.sqrt_cap", "a number > 0", self.sqrt_cap)
+        _check(_num(self.sqrt_cap) and self.sqrt_cap > 0, "weight.sqrt_cap", "a finite number > 0", self.sqrt_cap)
 
 
 @dataclass(frozen=True)
@@ -139,9 +162,9 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         _check(isinstance(self.validation, bool), "sampling.validation", "true or false", self.validation)
-        _check(isinstance(self.user_fraction, (int, float)) and 0 < self.user_fraction <= 1, "sampling.user_fraction", "a number in (0, 1]", self.user_fraction)
-        _check(isinstance(self.seed, int), "sampling.seed", "an integer", self.seed)
-        _check(isinstance(self.target_pos_neg_ratio, (int, float)) and self.target_pos_neg_ratio >= 0, "sampling.target_pos_neg_ratio", "a number >= 0", self.target_pos_neg_ratio)
+        _check(_num(self.user_fraction) and 0 < self.user_fraction <= 1, "sampling.user_fraction", "a number in (0, 1]", self.user_fraction)
+        _check(_int(self.seed), "sampling.seed", "an integer", self.seed)
+        _check(_num(self.target_pos_neg_ratio) and self.target_pos_neg_ratio >= 0, "sampling.target_pos_neg_ratio", "a finite number >= 0", self.target_pos_neg_ratio)
 
 
 @dataclass(frozen=True)
@@ -153,12 +176,13 @@ class HistoryConfig:
     keep_lists: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "aggregations", tuple(self.aggregations))
-        _check(isinstance(self.n, int) and 1 <= self.n <= 1000, "history.n", "an integer in [1, 1000]", self.n)
+        object.__setattr__(self, "aggregations", _list("history.aggregations", self.aggregations))
+        _check(_int(self.n) and 1 <= self.n <= 1000, "history.n", "an integer in [1, 1000]", self.n)
         for a in self.aggregations:
             _check(a in HISTORY_AGGREGATIONS, "history.aggregations", f"a list of {HISTORY_AGGREGATIONS}", self.aggregations)
-        _check(isinstance(self.concat_k, int) and 1 <= self.concat_k <= self.n, "history.concat_k", "an integer in [1, history.n]", self.concat_k)
+        _check(_int(self.concat_k) and 1 <= self.concat_k <= self.n, "history.concat_k", "an integer in [1, history.n]", self.concat_k)
         _check(self.source in EMBEDDING_SOURCES, "history.source", f"one of {EMBEDDING_SOURCES}", self.source)
+        _check(isinstance(self.keep_lists, bool), "history.keep_lists", "true or false", self.keep_lists)
 
 
 @dataclass(frozen=True)
@@ -170,8 +194,9 @@ class EmbeddingConfig:
 
     def __post_init__(self) -> None:
         _check(self.item_source in EMBEDDING_SOURCES, "embeddings.item_source", f"one of {EMBEDDING_SOURCES}", self.item_source)
-        _check(isinstance(self.pca_components, int) and self.pca_components >= 1, "embeddings.pca_components", "an integer >= 1", self.pca_components)
-        _check(isinstance(self.kmeans_k, int) and self.kmeans_k >= 2, "embeddings.kmeans_k", "an integer >= 2", self.kmeans_k)
+        _check(_int(self.pca_components) and self.pca_components >= 1, "embeddings.pca_components", "an integer >= 1", self.pca_components)
+        _check(_int(self.kmeans_k) and self.kmeans_k >= 2, "embeddings.kmeans_k", "an integer >= 2", self.kmeans_k)
+        _check(_int(self.seed), "embeddings.seed", "an integer", self.seed)
 
 
 @dataclass(frozen=True)
@@ -180,8 +205,8 @@ class FeaturesConfig:
     item: tuple[str, ...] = ("item_id", "item_emb")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "user", tuple(self.user))
-        object.__setattr__(self, "item", tuple(self.item))
+        object.__setattr__(self, "user", _list("features.user", self.user))
+        object.__setattr__(self, "item", _list("features.item", self.item))
         for f in self.user:
             _check(f in USER_FEATURES, "features.user", f"a list of {USER_FEATURES}", list(self.user))
         for f in self.item:
@@ -197,8 +222,8 @@ class OutputConfig:
     vocabulary_min_count: int = 1
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.tfrecord_shards, int) and self.tfrecord_shards >= 1, "output.tfrecord_shards", "an integer >= 1", self.tfrecord_shards)
-        _check(isinstance(self.vocabulary_min_count, int) and self.vocabulary_min_count >= 1, "output.vocabulary_min_count", "an integer >= 1", self.vocabulary_min_count)
+        _check(_int(self.tfrecord_shards) and self.tfrecord_shards >= 1, "output.tfrecord_shards", "an integer >= 1", self.tfrecord_shards)
+        _check(_int(self.vocabulary_min_count) and self.vocabulary_min_count >= 1, "output.vocabulary_min_count", "an integer >= 1", self.vocabulary_min_count)
 
 
 @dataclass(frozen=True)
@@ -219,7 +244,7 @@ class QualityConfig:
     allow_empty_day: bool = False
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.max_quarantine_share, (int, float)) and 0 <= self.max_quarantine_share <= 1, "quality.max_quarantine_share", "a number in [0, 1]", self.max_quarantine_share)
+        _check(_num(self.max_quarantine_share) and 0 <= self.max_quarantine_share <= 1, "quality.max_quarantine_share", "a number in [0, 1]", self.max_quarantine_share)
         for name in ("max_fraction_watched", "min_day_volume_ratio", "max_day_volume_ratio"):
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf"), f"quality.{name}", "a finite number >= 0 (0 = off)", v)
@@ -298,15 +323,16 @@ class ModelConfig:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_units", tuple(self.hidden_units))
+        object.__setattr__(self, "hidden_units", _list("model.hidden_units", self.hidden_units))
         _check(self.head in HEADS, "model.head", f"one of {HEADS}", self.head)
         _check(self.loss in LOSSES, "model.loss", f"one of {LOSSES}", self.loss)
         for name in ("embedding_dim", "output_dim", "epochs", "batch_size"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and v >= 1, f"model.{name}", "an integer >= 1", v)
-        _check(all(isinstance(u, int) and u >= 1 for u in self.hidden_units), "model.hidden_units", "a list of integers >= 1", self.hidden_units)
-        _check(self.temperature > 0, "model.temperature", "a number > 0", self.temperature)
-        _check(self.learning_rate > 0, "model.learning_rate", "a number > 0", self.learning_rate)
+            _check(_int(v) and v >= 1, f"model.{name}", "an integer >= 1", v)
+        _check(all(_int(u) and u >= 1 for u in self.hidden_units), "model.hidden_units", "a list of integers >= 1", self.hidden_units)
+        _check(_num(self.temperature) and self.temperature > 0, "model.temperature", "a finite number > 0", self.temperature)
+        _check(_num(self.learning_rate) and self.learning_rate > 0, "model.learning_rate", "a finite number > 0", self.learning_rate)
+        _check(_int(self.seed), "model.seed", "an integer", self.seed)
 
 
 _SECTIONS = {
@@ -344,6 +370,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and self.name.strip() != "", "name", "a non-empty string", self.name)
+        _check(isinstance(self.description, str), "description", "a string", self.description)
         hist_feats = {f for f in self.features.user if "_hist_" in f}
         needed = {"mean": {"pos_hist_mean", "neg_hist_mean"}, "concat": {"pos_hist_concat", "neg_hist_concat"}, "clusters": {"pos_hist_clusters", "neg_hist_clusters"}}
         for agg, names in needed.items():

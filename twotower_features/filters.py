@@ -1,7 +1,8 @@
 """Stage 2: item filter, then client filter, fitted on the train window and applied by id.
 
 `fit_item_filter` and `fit_client_filter` return per-id tables (counts and a `keep` flag, with
-the first rule an id fails); `apply_filters` keeps the rows whose item and user were kept.
+the first rule an id fails); `apply_item_filter` and `apply_client_filter` keep the rows whose
+item, then user, was kept.
 An item or user that never appeared in the train window is not in those tables, so it has no
 validation rows either.
 """

@@ -57,6 +57,8 @@ import pyarrow as pa
 
 from twotower_features import columns as C
 
+from .errors import UserError
+
 # ---- model constants ---------------------------------------------------------------------
 USER_BLOCK = 256
 ITEM_BLOCK = 2048
@@ -100,7 +102,7 @@ RULE_2 = "fraction_watched > 0.9"
 RULE_3 = "fraction_watched > 0.99 OR liked OR shared"
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError, ValueError):
     """A generator argument is out of range; the message names it."""
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
 from typing import Any, Iterator
 
 import numpy as np

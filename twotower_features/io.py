@@ -1,17 +1,24 @@
-"""Reading inputs (Delta or Parquet) and writing outputs atomically and idempotently."""
+"""Reading inputs (Delta or Parquet) and writing outputs atomically and idempotently.
+
+The one home of atomic writes: ``write_json_atomic`` and ``write_parquet_atomic`` write a
+temporary file next to the target and rename it into place, so a reader sees the old file or the
+new one, never a partial one. Importing this module does not import Spark (the model package
+uses the writers).
+"""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
-
-from pyspark.sql import DataFrame, SparkSession
+from typing import TYPE_CHECKING, Any
 
 from . import faults
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
 
 
 def is_delta(path: str) -> bool:
@@ -33,31 +40,6 @@ def read_table(spark: SparkSession, path: str, *, required: bool = True) -> Data
     return spark.read.parquet(path)
 
 
-def table_version(spark: SparkSession, path: str) -> dict[str, Any]:
-    """What identifies the version of an input: Delta's version, or a hash of Parquet file names/sizes/mtimes."""
-    if not Path(path).exists():
-        return {"path": path, "present": False}
-    if is_delta(path):
-        from delta.tables import DeltaTable
-
-        last = DeltaTable.forPath(spark, path).history(1).select("version").collect()[0][0]
-        return {"path": path, "format": "delta", "version": int(last)}
-    return {"path": path, "format": "parquet", **parquet_fingerprint(path)}
-
-
-def parquet_fingerprint(path: str | Path) -> dict[str, Any]:
-    """`files` and a `fingerprint` of a Parquet folder: the hash of its files' names, sizes, mtimes."""
-    h = hashlib.sha256()
-    n = 0
-    for root, _, files in sorted(os.walk(path)):
-        for f in sorted(files):
-            if f.endswith(".parquet"):
-                st = os.stat(os.path.join(root, f))
-                h.update(f"{os.path.relpath(os.path.join(root, f), path)}:{st.st_size}:{int(st.st_mtime)}".encode())
-                n += 1
-    return {"files": n, "fingerprint": h.hexdigest()[:16]}
-
-
 def write_delta(df: DataFrame, path: str, *, partition_by: list[str], replace_where: str | None = None) -> None:
     """Write a Delta table; with `replace_where`, a rerun replaces exactly those rows (idempotent).
 
@@ -72,24 +54,35 @@ def write_delta(df: DataFrame, path: str, *, partition_by: list[str], replace_wh
     writer.partitionBy(*partition_by).save(path)
 
 
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    path = Path(path)
+def _temporary(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """``data`` as indented JSON with sorted keys (``default=str``), renamed into place."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
-def replace_dir(staging: Path, final: Path) -> None:
-    """Swap a fully written folder into place: readers see the old folder or the new one, never a mix."""
-    final = Path(final)
-    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-    if final.exists():
-        final.rename(old)
-    Path(staging).rename(final)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
+def write_parquet_atomic(path: str | Path, table: pa.Table) -> Path:
+    """One Parquet file from an Arrow table, renamed into place."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def ship_file(spark: SparkSession, path: str) -> str:

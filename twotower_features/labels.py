@@ -8,16 +8,10 @@ from pyspark.sql import types as T
 
 from . import columns as C
 from .config import LabelConfig, WeightConfig
-
-# The seed's three rules, for reference and tests.
-SEED_RULES = {
-    "like_share_fw80": "liked OR shared OR fraction_watched > 0.8",
-    "fw90": "fraction_watched > 0.9",
-    "fw99_like_share": "fraction_watched > 0.99 OR liked OR shared",
-}
+from .errors import UserError
 
 
-class LabelRuleError(ValueError):
+class LabelRuleError(UserError, ValueError):
     pass
 
 

@@ -1,7 +1,8 @@
 """The feature stages, each a `run_<stage>(spark, cfg, input_dir, output_dir) -> StageReport`.
 
-Stages read what the previous one saved under the output folder, so each runs alone as one
-`spark-submit` (``jobs/<stage>.py``) or all in one session (`run_features`):
+Stages read what the previous one saved under the output folder (``layout.py``), so each runs
+alone as one `spark-submit` (``jobs/<stage>.py``) or all in one session; the orchestration's stage
+table (``twotower/stages.py``) says which runner, sections, inputs and outputs each has:
 
 1. ``prepare``    validate (quarantine) → window/split → item average time spent → item
                   filter → label → client filter → weight          → tables/filtered
@@ -28,41 +29,30 @@ from pyspark.sql import functions as F
 from . import columns as C
 from . import filters as flt
 from . import io
+from . import layout as L
 from .config import ExperimentConfig
 from .embeddings import FittedEmbeddings, apply_embeddings, collect_vectors, fit_embeddings, nan_free
+from .errors import UserError
+from .fingerprint import input_fingerprints
 from .history import HistoryParams, compute_histories
 from .labels import add_label, add_weight
 from .report import StageReport
-from .sampling import class_counts, downsample, rebalance_rates, ratio_string, sample_users
+from .sampling import class_counts, downsample, ratio_string, rebalance_rates, sample_users
 from .spec import Column, FeatureSpec
 from .stats_source import read_stats, stats_dates
 from .validate import INTERACTION_SCHEMA, ITEM_SCHEMA, USER_SCHEMA, check_day_volume, check_schema, day_volumes, quarantine_interactions
 from .window import assign_split, window_filter
 
-STAGES = ("prepare", "embeddings", "examples", "tfrecords")
 MAX_FIT_ITEMS = 200_000
 
 
-class StageError(RuntimeError):
+class StageError(UserError):
     pass
-
-
-def _paths(out: str) -> dict[str, str]:
-    o = Path(out)
-    return {
-        "filtered": str(o / "tables" / "filtered"),
-        "quarantine": str(o / "tables" / "quarantine"),
-        "examples": str(o / "tables" / "examples"),
-        "artifacts": str(o / "artifacts"),
-        "reports": str(o / "reports"),
-        "vocab": str(o / "vocab"),
-        "tfrecords": str(o / "tfrecords"),
-    }
 
 
 def _save_report(out: str, report: StageReport, log: Callable[[str], None]) -> StageReport:
     report.finish()
-    io.write_json_atomic(Path(out, "reports", f"{report.stage}.json"), report.to_dict())
+    io.write_json_atomic(L.path(out, L.report(report.stage)), report.to_dict())
     log(report.render())
     return report
 
@@ -71,9 +61,9 @@ def _window_dates(cfg: ExperimentConfig) -> str:
     return f"{C.DT} >= '{cfg.window.train_start}' AND {C.DT} <= '{cfg.window.validation_date}'"
 
 
-def _needed_sources(cfg: ExperimentConfig) -> list[str]:
+def needed_sources(cfg: ExperimentConfig) -> list[str]:
     s = set()
-    if "item_emb" in cfg.features.item:
+    if C.ITEM_EMB in cfg.features.item:
         s.add(cfg.embeddings.item_source)
     if {"mean", "concat"} & set(cfg.history.aggregations):
         s.add(cfg.history.source)
@@ -85,7 +75,6 @@ def _needed_sources(cfg: ExperimentConfig) -> list[str]:
 # --------------------------------------------------------------------------------------- 1
 def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
     """Validate, split, fit and apply the filters, label and weight; write tables/filtered."""
-    p = _paths(out)
     rep = StageReport("prepare")
     raw = check_schema(io.read_table(spark, io.table_path(input_dir, "interactions")), INTERACTION_SCHEMA, "interactions")
     items = check_schema(io.read_table(spark, io.table_path(input_dir, "items")), ITEM_SCHEMA, "items")
@@ -100,7 +89,7 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     # the day's volume against the days before it (quality band), before anything is written
     rep.facts["day_volume"] = check_day_volume(volumes, cfg.window, cfg.quality)
     # items whose embeddings hold NaN/Inf count as unknown: their rows are quarantined
-    good_items = items.filter(nan_free(items, _needed_sources(cfg))).select(C.ITEM_ID)
+    good_items = items.filter(nan_free(items, needed_sources(cfg))).select(C.ITEM_ID)
     valid, bad = quarantine_interactions(raw, good_items, max_fraction_watched=cfg.quality.max_fraction_watched)
     valid = valid.cache()
     bad = bad.cache()
@@ -121,31 +110,30 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     # item average time spent: all valid train rows of the item, before any filter
     item_avg = train.groupBy(C.ITEM_ID).agg(F.avg(C.TIME_SPENT).alias(C.ITEM_AVG_TIME_SPENT))
     item_filter = flt.fit_item_filter(train, cfg.filters)
-    art = p["artifacts"]
     # the first write of the stage: every check that can refuse the input has passed
-    io.write_json_atomic(Path(out, "resolved_config.json"), cfg.to_dict())
-    item_avg.write.mode("overwrite").parquet(f"{art}/item_avg_time_spent")
-    item_filter.write.mode("overwrite").parquet(f"{art}/item_filter")
-    item_filter = spark.read.parquet(f"{art}/item_filter")
-    item_avg = spark.read.parquet(f"{art}/item_avg_time_spent")
+    io.write_json_atomic(L.path(out, L.RESOLVED_CONFIG), cfg.to_dict())
+    item_avg.write.mode("overwrite").parquet(L.path(out, L.ITEM_AVG_TIME_SPENT))
+    item_filter.write.mode("overwrite").parquet(L.path(out, L.ITEM_FILTER))
+    item_filter = spark.read.parquet(L.path(out, L.ITEM_FILTER))
+    item_avg = spark.read.parquet(L.path(out, L.ITEM_AVG_TIME_SPENT))
 
     df = add_label(df, cfg.label)
     after_items = flt.apply_item_filter(df, item_filter)
     client_filter = flt.fit_client_filter(after_items.filter(F.col(C.SPLIT) == C.TRAIN), cfg.filters, cfg.window.train_days)
-    client_filter.write.mode("overwrite").parquet(f"{art}/client_filter")
-    client_filter = spark.read.parquet(f"{art}/client_filter")
+    client_filter.write.mode("overwrite").parquet(L.path(out, L.CLIENT_FILTER))
+    client_filter = spark.read.parquet(L.path(out, L.CLIENT_FILTER))
     filtered = flt.apply_client_filter(after_items, client_filter)
     filtered = add_weight(filtered, cfg.weight).join(item_avg, C.ITEM_ID, "left")
 
-    io.write_delta(filtered, p["filtered"], partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg))
-    if n_bad or io.is_delta(p["quarantine"]):  # a clean rerun empties the window's quarantine rows
-        io.write_delta(bad, p["quarantine"], partition_by=[C.DT], replace_where=_window_dates(cfg))
+    io.write_delta(filtered, L.path(out, L.FILTERED), partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg))
+    if n_bad or io.is_delta(L.path(out, L.QUARANTINE)):  # a clean rerun empties the window's quarantine rows
+        io.write_delta(bad, L.path(out, L.QUARANTINE), partition_by=[C.DT], replace_where=_window_dates(cfg))
 
     # the report: rows per split at each step, removals per rule
     def by_split(frame: DataFrame) -> dict[str, int]:
         return {r[C.SPLIT]: int(r["n"]) for r in frame.groupBy(C.SPLIT).agg(F.count(F.lit(1)).alias("n")).collect()}
 
-    out_tbl = spark.read.format("delta").load(p["filtered"]).filter(window_filter(cfg.window))
+    out_tbl = spark.read.format("delta").load(L.path(out, L.FILTERED)).filter(window_filter(cfg.window))
     split_valid, split_items, split_out = by_split(df), by_split(after_items), by_split(out_tbl)
     rep.rows_in["valid"] = n_valid
     for s in (C.TRAIN, C.VALIDATION):
@@ -166,13 +154,11 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
 # --------------------------------------------------------------------------------------- 2
 def run_embeddings(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
     """Fit PCA per needed source (and KMeans) on the kept train items; write artifacts/items."""
-    p = _paths(out)
     rep = StageReport("embeddings")
-    art = p["artifacts"]
     items = check_schema(io.read_table(spark, io.table_path(input_dir, "items")), ITEM_SCHEMA, "items")
-    kept = flt.kept_ids(spark.read.parquet(f"{art}/item_filter"), C.ITEM_ID)
+    kept = flt.kept_ids(spark.read.parquet(L.path(out, L.ITEM_FILTER)), C.ITEM_ID)
     catalog = items.join(kept, C.ITEM_ID, "left_semi")
-    sources = _needed_sources(cfg)
+    sources = needed_sources(cfg)
     with_cluster = "clusters" in cfg.history.aggregations
     n_items = catalog.count()
     rep.rows_in["kept_train_items"] = n_items
@@ -181,23 +167,21 @@ def run_embeddings(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, o
     if sources:
         vectors = collect_vectors(catalog, sources, max_items=MAX_FIT_ITEMS, seed=cfg.embeddings.seed)
         fitted = fit_embeddings(vectors, cfg.embeddings.pca_components, kmeans_k=cfg.embeddings.kmeans_k if with_cluster else None, seed=cfg.embeddings.seed)
-        fitted.save(f"{art}/embeddings.npz")
-        fitted = FittedEmbeddings.load(f"{art}/embeddings.npz")
+        fitted.save(L.path(out, L.EMBEDDINGS))
+        fitted = FittedEmbeddings.load(L.path(out, L.EMBEDDINGS))
         rep.facts["pca_explained_variance"] = {s: round(v, 4) for s, v in fitted.explained_variance.items()}
         rep.facts["fit_items"] = int(next(iter(vectors.values())).shape[0])
         base = base.join(apply_embeddings(catalog, fitted, with_cluster=with_cluster), C.ITEM_ID)
     table = base.orderBy(C.ITEM_ID).toArrow()
     # a dense index per item (sorted ids), the row of the history matrix file
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     table = table.append_column("item_idx", pa.array(np.arange(table.num_rows, dtype=np.int32)))
-    Path(art).mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, f"{art}/items.parquet")
+    io.write_parquet_atomic(L.path(out, L.ITEMS), table)
     hsrc = cfg.history.source
     if {"mean", "concat"} & set(cfg.history.aggregations):
         mat = table.column(f"{hsrc}_pca").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
-        np.save(f"{art}/history_matrix.npy", mat.astype(np.float32))
+        np.save(L.path(out, L.HISTORY_MATRIX), mat.astype(np.float32))
     if with_cluster:
         counts = np.bincount(table.column(C.ITEM_CLUSTER).to_numpy(), minlength=cfg.embeddings.kmeans_k)
         rep.facts["cluster_sizes"] = counts.tolist()
@@ -249,10 +233,8 @@ def _stats_as_of_previous_day(spark: SparkSession, input_dir: str, table: str, k
 
 def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
     """Sample users, compute histories, rebalance, join statistics and tower features; tables/examples."""
-    p = _paths(out)
-    art = p["artifacts"]
     rep = StageReport("examples")
-    filtered = spark.read.format("delta").load(p["filtered"]).filter(window_filter(cfg.window))
+    filtered = spark.read.format("delta").load(L.path(out, L.FILTERED)).filter(window_filter(cfg.window))
     rep.rows_in = {r[C.SPLIT]: int(r["n"]) for r in filtered.groupBy(C.SPLIT).agg(F.count(F.lit(1)).alias("n")).collect()}
 
     # user sampling keeps all rows of a sampled user, so histories of sampled users see every
@@ -261,7 +243,7 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     sampled = sample_users(sampled, cfg.sampling)
     if not cfg.sampling.validation:
         sampled = sampled.unionByName(filtered.filter(F.col(C.SPLIT) == C.VALIDATION))
-    items = spark.read.parquet(f"{art}/items.parquet")
+    items = spark.read.parquet(L.path(out, L.ITEMS))
 
     train_s = sampled.filter(F.col(C.SPLIT) == C.TRAIN)
     pos, neg = class_counts(train_s)
@@ -292,11 +274,11 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
         examples = examples.join(users.select(C.USER_ID, C.HANDSET_MAKER, C.ACTIVITY_PROFILE), C.USER_ID, "left")
     perf_cols = sorted(c for c in items.columns if c.startswith((C.ITEM_PERFORMANCE_PREFIX, C.CREATOR_PERFORMANCE_PREFIX)))
     norm = _zscore_fit(examples.filter(F.col(C.SPLIT) == C.TRAIN), stat_cols + perf_cols)
-    io.write_json_atomic(f"{art}/normalisation.json", norm)
+    io.write_json_atomic(L.path(out, L.NORMALISATION), norm)
     examples = _zscore_apply(examples, norm)
     examples = _performance_vectors(examples)
-    if "item_emb" in cfg.features.item:
-        examples = examples.withColumn("item_emb", F.col(f"{cfg.embeddings.item_source}_pca"))
+    if C.ITEM_EMB in cfg.features.item:
+        examples = examples.withColumn(C.ITEM_EMB, F.col(f"{cfg.embeddings.item_source}_pca"))
 
     # histories add columns row for row (event keys are unique), so they are joined last: the
     # counts and the normalisation fit above do not compute them again
@@ -306,7 +288,7 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
         events = filtered.join(hist_users, C.USER_ID, "left_semi")
         if aggs:
             events = events.join(F.broadcast(items.select(C.ITEM_ID, "item_idx", *([C.ITEM_CLUSTER] if "clusters" in aggs else []))), C.ITEM_ID)
-        matrix = f"{art}/history_matrix.npy" if {"mean", "concat"} & set(aggs) else None
+        matrix = L.path(out, L.HISTORY_MATRIX) if {"mean", "concat"} & set(aggs) else None
         if matrix:
             matrix = io.ship_file(spark, matrix)
         params = HistoryParams(
@@ -316,8 +298,8 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
         hist = compute_histories(events, params)
         examples = examples.join(hist, [C.USER_ID, C.ITEM_ID, C.EVENT_TS], "left")
 
-    io.write_delta(examples, p["examples"], partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg))
-    written = spark.read.format("delta").load(p["examples"]).filter(window_filter(cfg.window))
+    io.write_delta(examples, L.path(out, L.EXAMPLES), partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg))
+    written = spark.read.format("delta").load(L.path(out, L.EXAMPLES)).filter(window_filter(cfg.window))
     counts = written.groupBy(C.SPLIT).agg(F.count(F.lit(1)).alias("n"), F.sum(C.LABEL).alias("p")).collect()
     rep.rows_out = {r[C.SPLIT]: int(r["n"]) for r in counts}
     rep.facts["label_rate"] = {r[C.SPLIT]: round(int(r["p"]) / max(int(r["n"]), 1), 4) for r in counts}
@@ -343,9 +325,9 @@ def spec_columns(cfg: ExperimentConfig, examples: DataFrame) -> list[Column]:
     cols: list[Column] = []
     user, item = set(cfg.features.user), set(cfg.features.item)
     cols.append(Column(C.USER_ID, "string", (), "user" if C.USER_ID in user else None, "id" if C.USER_ID in user else "key",
-                       vocabulary_file="vocab/user_id.txt" if C.USER_ID in user else None))
+                       vocabulary_file=f"{L.VOCAB}/user_id.txt" if C.USER_ID in user else None))
     cols.append(Column(C.ITEM_ID, "string", (), "item" if C.ITEM_ID in item else None, "id" if C.ITEM_ID in item else "key",
-                       vocabulary_file="vocab/item_id.txt" if C.ITEM_ID in item else None))
+                       vocabulary_file=f"{L.VOCAB}/item_id.txt" if C.ITEM_ID in item else None))
     cols += [Column(C.EVENT_TS, "int64", (), None, "key"), Column(C.LABEL, "float32", (), None, "label"), Column(C.WEIGHT, "float32", (), None, "weight")]
 
     def width(name: str) -> int:
@@ -353,7 +335,7 @@ def spec_columns(cfg: ExperimentConfig, examples: DataFrame) -> list[Column]:
         return int(first[0]["n"]) if first else 0
 
     if C.HANDSET_MAKER in user:
-        cols.append(Column(C.HANDSET_MAKER, "string", (), "user", "categorical", vocabulary_file="vocab/handset_maker.txt"))
+        cols.append(Column(C.HANDSET_MAKER, "string", (), "user", "categorical", vocabulary_file=f"{L.VOCAB}/handset_maker.txt"))
     if C.ACTIVITY_PROFILE in user:
         cols.append(Column(C.ACTIVITY_PROFILE, "float32", (width(C.ACTIVITY_PROFILE),), "user", "dense"))
     for side in ("pos", "neg"):
@@ -370,9 +352,9 @@ def spec_columns(cfg: ExperimentConfig, examples: DataFrame) -> list[Column]:
         if name in user:
             cols.append(Column(src, "float32", (), "user", "dense"))
     if C.CREATOR_ID in item:
-        cols.append(Column(C.CREATOR_ID, "string", (), "item", "categorical", vocabulary_file="vocab/creator_id.txt"))
-    if "item_emb" in item:
-        cols.append(Column("item_emb", "float32", (d,), "item", "dense"))
+        cols.append(Column(C.CREATOR_ID, "string", (), "item", "categorical", vocabulary_file=f"{L.VOCAB}/creator_id.txt"))
+    if C.ITEM_EMB in item:
+        cols.append(Column(C.ITEM_EMB, "float32", (d,), "item", "dense"))
     for name in ("item_performance", "creator_performance"):
         if name in item:
             cols.append(Column(name, "float32", (width(name),), "item", "dense"))
@@ -382,32 +364,15 @@ def spec_columns(cfg: ExperimentConfig, examples: DataFrame) -> list[Column]:
     return cols
 
 
-def _input_versions(spark: SparkSession, cfg: ExperimentConfig, input_dir: str) -> dict[str, dict]:
-    """Delta version or Parquet fingerprint per input; statistics read from PostgreSQL by a content
-    hash of the days the run read (the URL and table, never credentials)."""
-    from .stats_source import stats_dates, stats_fingerprint
-
-    out = {t: io.table_version(spark, io.table_path(input_dir, t)) for t in ("interactions", "items", "users")}
-    dates = stats_dates(cfg.window.validation_date, cfg.window.train_days)
-    for t in ("user_stats", "item_stats", "creator_stats"):
-        if cfg.stats.source == "postgres":
-            out[t] = stats_fingerprint(spark, input_dir, t, cfg.stats, dates)
-        else:
-            out[t] = io.table_version(spark, io.table_path(input_dir, t))
-    return out
-
-
 def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
     """Vocabularies, feature_spec.json, TFRecords per split and for the catalog, manifest.json."""
-    from .tfrecord import write_tfrecords
+    from .tfrecord.writer import write_tfrecords
 
-    p = _paths(out)
-    art = p["artifacts"]
     rep = StageReport("tfrecords")
-    examples = spark.read.format("delta").load(p["examples"]).filter(window_filter(cfg.window))
+    examples = spark.read.format("delta").load(L.path(out, L.EXAMPLES)).filter(window_filter(cfg.window))
     train = examples.filter(F.col(C.SPLIT) == C.TRAIN)
     cols = spec_columns(cfg, examples)
-    vocab_dir = Path(p["vocab"])
+    vocab_dir = Path(out, L.VOCAB)
     vocab_dir.mkdir(parents=True, exist_ok=True)
     sized = []
     for c in cols:
@@ -417,7 +382,7 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
             c = dataclasses.replace(c, vocabulary_size=len(words))
         sized.append(c)
     freq = train.groupBy(C.ITEM_ID).agg(F.count(F.lit(1)).alias("count")).orderBy(F.col("count").desc(), C.ITEM_ID).toPandas()
-    freq.to_csv(f"{art}/item_frequency.csv", index=False)
+    freq.to_csv(L.path(out, L.ITEM_FREQUENCY), index=False)
 
     names = [c.name for c in sized]
     for c in sized:
@@ -426,13 +391,13 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
     rows = {}
     for split in (C.TRAIN, C.VALIDATION):
         part = examples.filter(F.col(C.SPLIT) == split).select(*names).withColumn(C.LABEL, F.col(C.LABEL).cast("float"))
-        res = write_tfrecords(part, f"{p['tfrecords']}/{split}", sized, num_shards=cfg.output.tfrecord_shards, sort_by=[C.USER_ID, C.ITEM_ID, C.EVENT_TS])
+        res = write_tfrecords(part, L.path(out, f"{L.TFRECORDS}/{split}"), sized, num_shards=cfg.output.tfrecord_shards, sort_by=[C.USER_ID, C.ITEM_ID, C.EVENT_TS])
         rows[split] = int(res["rows"])
     item_cols = [c for c in sized if c.tower == "item" or c.name == C.ITEM_ID]
-    items = spark.read.parquet(f"{art}/items.parquet")
-    if "item_emb" in cfg.features.item:
-        items = items.withColumn("item_emb", F.col(f"{cfg.embeddings.item_source}_pca"))
-    norm = json.loads(Path(f"{art}/normalisation.json").read_text())
+    items = spark.read.parquet(L.path(out, L.ITEMS))
+    if C.ITEM_EMB in cfg.features.item:
+        items = items.withColumn(C.ITEM_EMB, F.col(f"{cfg.embeddings.item_source}_pca"))
+    norm = json.loads(Path(out, L.NORMALISATION).read_text())
     items = _zscore_apply(items, {k: v for k, v in norm.items() if k in items.columns})
     items = _performance_vectors(items)
     last_day = cfg.window.validation_date
@@ -441,24 +406,24 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
         if st is not None:
             st = st.filter(F.col(C.DT) == F.lit(last_day)).drop(C.DT)
             items = _zscore_apply(items.join(st, key, "left"), {k: v for k, v in norm.items() if k in st.columns})
-    res = write_tfrecords(items.select(*[c.name for c in item_cols]), f"{p['tfrecords']}/catalog", item_cols, num_shards=1, sort_by=[C.ITEM_ID])
+    res = write_tfrecords(items.select(*[c.name for c in item_cols]), L.path(out, f"{L.TFRECORDS}/catalog"), item_cols, num_shards=1, sort_by=[C.ITEM_ID])
     rows["catalog"] = int(res["rows"])
 
     spec = FeatureSpec(
         columns=tuple(sized),
         keys=(C.USER_ID, C.ITEM_ID, C.EVENT_TS),
         extras={
-            "splits": {s: f"tfrecords/{s}/*.tfrecord" for s in (C.TRAIN, C.VALIDATION, "catalog")},
+            "splits": {s: f"{L.TFRECORDS}/{s}/*.tfrecord" for s in (C.TRAIN, C.VALIDATION, "catalog")},
             "catalog_columns": [c.name for c in item_cols],
-            "item_frequency_file": "artifacts/item_frequency.csv",
-            "items_file": "artifacts/items.parquet",
+            "item_frequency_file": L.ITEM_FREQUENCY,
+            "items_file": L.ITEMS,
             "rows": rows,
             "experiment": cfg.name,
         },
     )
     spec.save(out)
     counts = examples.groupBy(C.SPLIT).agg(F.count(F.lit(1)).alias("n"), F.sum(C.LABEL).alias("p")).collect()
-    prep = json.loads(Path(p["reports"], "examples.json").read_text())
+    prep = json.loads(Path(out, L.report("examples")).read_text())
     manifest = {
         "experiment": cfg.name,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -467,28 +432,12 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
         "rows": rows,
         "label_ratio": {r[C.SPLIT]: ratio_string(int(r["p"]), int(r["n"]) - int(r["p"])) for r in counts},
         "sampling": {"user_fraction": cfg.sampling.user_fraction, "seed": cfg.sampling.seed, **prep["facts"].get("rebalance_keep_rates", {})},
-        "inputs": _input_versions(spark, cfg, input_dir),
+        "inputs": input_fingerprints(input_dir, cfg, spark=lambda: spark),
         "window": {"train_start": str(cfg.window.train_start), "train_end": str(cfg.window.train_end), "validation": str(cfg.window.validation_date)},
     }
-    io.write_json_atomic(Path(out, "manifest.json"), manifest)
+    io.write_json_atomic(L.path(out, L.MANIFEST), manifest)
     rep.rows_in = {k: v for k, v in rows.items() if k != "catalog"}
     rep.rows_out = rows
     rep.facts["columns"] = len(sized)
     rep.facts["label_ratio"] = manifest["label_ratio"]
     return _save_report(out, rep, log)
-
-
-RUNNERS = {"prepare": run_prepare, "embeddings": run_embeddings, "examples": run_examples, "tfrecords": run_tfrecords}
-
-
-def run_features(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, *, stages: tuple[str, ...] = STAGES, log: Callable[[str], None] = print) -> dict[str, StageReport]:
-    """Run the feature stages in order in one session."""
-    unknown = [s for s in stages if s not in RUNNERS]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; expected some of {list(STAGES)}")
-    reports = {}
-    for s in STAGES:
-        if s in stages:
-            log(f"== stage {s}")
-            reports[s] = RUNNERS[s](spark, cfg, input_dir, out, log)
-    return reports

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
+from .errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JARS_DIR = REPO_ROOT / "build" / "jars"
 
@@ -43,7 +45,7 @@ LOCAL_DEFAULTS: dict[str, str] = {
 }
 
 
-class MissingJarsError(RuntimeError):
+class MissingJarsError(UserError):
     pass
 
 

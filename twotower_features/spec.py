@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SPEC_FILE = "feature_spec.json"
+from .io import write_json_atomic
+from .layout import FEATURE_SPEC
+
 SPEC_VERSION = 1
 DTYPES = ("string", "float32", "int64")
 KINDS = ("id", "categorical", "dense", "count", "label", "weight", "key")
@@ -93,11 +95,7 @@ class FeatureSpec:
         return d
 
     def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / SPEC_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
-        tmp.replace(path)
-        return path
+        return write_json_atomic(Path(directory) / FEATURE_SPEC, self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FeatureSpec":
@@ -110,7 +108,7 @@ class FeatureSpec:
     def load(cls, directory_or_file: str | Path) -> "FeatureSpec":
         p = Path(directory_or_file)
         if p.is_dir():
-            p = p / SPEC_FILE
+            p = p / FEATURE_SPEC
         if not p.is_file():
             raise FileNotFoundError(f"no feature spec at {str(p)!r}: run `twotower features` first")
         return cls.from_dict(json.loads(p.read_text()))

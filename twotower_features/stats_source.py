@@ -24,17 +24,17 @@ from pyspark.sql import functions as F
 from . import columns as C
 from . import io
 from .config import StatsConfig
+from .errors import UserError
 from .validate import check_schema, stats_schema
 
-STATS_TABLES = {"user_stats": C.USER_ID, "item_stats": C.ITEM_ID, "creator_stats": C.CREATOR_ID}
 JDBC_DRIVER = "org.postgresql.Driver"
 
 
-class CredentialError(RuntimeError):
+class CredentialError(UserError):
     """The database password is missing or its file is not private; the message never holds it."""
 
 
-class StatsSourceError(RuntimeError):
+class StatsSourceError(UserError):
     """A statistics table could not be read from the database."""
 
 
@@ -127,9 +127,9 @@ def read_stats(
     (JDBC predicate push-down) or prunes partitions. Columns and types are checked at read:
     the key and `dt` are required, `ctr` / `timespent` must be numeric when present.
     """
-    if name not in STATS_TABLES:
-        raise ValueError(f"unknown statistics table {name!r}; expected one of {sorted(STATS_TABLES)}")
-    key = STATS_TABLES[name]
+    if name not in C.STATS_TABLES:
+        raise ValueError(f"unknown statistics table {name!r}; expected one of {sorted(C.STATS_TABLES)}")
+    key = C.STATS_TABLES[name]
     if stats.source == "postgres":
         df = _read_postgres(spark, name, stats)
         where = f"table {stats.db_schema}.{stats.table(name)} at {stats.jdbc_url}"
@@ -147,62 +147,11 @@ def stats_dates(validation_date: _dt.date, train_days: int) -> tuple[_dt.date, _
     return validation_date - _dt.timedelta(days=train_days + 1), validation_date - _dt.timedelta(days=1)
 
 
-# ------------------------------------------------------------------------------ fingerprints
-def _file_entries(spark: SparkSession, path: str, dates: tuple[_dt.date, _dt.date] | None) -> list[str]:
-    """Data files behind the rows of `dates` (all files when the table has no `dt` partitions)."""
-    root = Path(path)
-    if io.is_delta(path):
-        from urllib.parse import unquote, urlparse
-
-        df = spark.read.format("delta").load(path)
-        if dates is not None and C.DT in df.columns:
-            df = _date_range(df, dates)
-        out = []
-        for uri in df.inputFiles():
-            local = Path(unquote(urlparse(uri).path))
-            rel = os.path.relpath(local, root.resolve()) if local.is_absolute() else uri
-            # Delta never rewrites a data file in place: its name and size identify it
-            size = local.stat().st_size if local.exists() else -1
-            out.append(f"{rel}:{size}")
-        return sorted(out)
-    out = []
-    for dirpath, dirnames, files in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
-        rel_dir = os.path.relpath(dirpath, root)
-        if dates is not None:
-            part = next((p for p in Path(rel_dir).parts if p.startswith(f"{C.DT}=")), None)
-            if part is not None:
-                try:
-                    day = _dt.date.fromisoformat(part.split("=", 1)[1])
-                except ValueError:
-                    day = None
-                if day is not None and not dates[0] <= day <= dates[1]:
-                    continue
-        for f in sorted(files):
-            if f.startswith((".", "_")):
-                continue
-            st = os.stat(os.path.join(dirpath, f))
-            out.append(f"{os.path.join(rel_dir, f)}:{st.st_size}:{st.st_mtime_ns}")
-    return sorted(out)
-
-
-def table_fingerprint(spark: SparkSession, path: str, *, dates: tuple[_dt.date, _dt.date] | None = None) -> dict[str, Any]:
-    """What identifies the rows of a Delta/Parquet input for `dates`: its data files (names, sizes,
-    and for Parquet modification times). Only the files of those days count, so a new day landing
-    in a `dt`-partitioned table does not make an older date's run stale."""
-    if not Path(path).exists():
-        return {"path": path, "present": False}
-    entries = _file_entries(spark, path, dates)
-    h = hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
-    return {"path": path, "format": "delta" if io.is_delta(path) else "parquet", "files": len(entries), "fingerprint": h}
-
-
-def stats_fingerprint(spark: SparkSession, input_dir: str, name: str, stats: StatsConfig, dates: tuple[_dt.date, _dt.date]) -> dict[str, Any]:
-    """Fingerprint of one statistics table for `dates`: files, or for PostgreSQL a content hash
-    computed in one aggregation (row count, sum and xor of row hashes) over those days."""
-    if stats.source != "postgres":
-        return table_fingerprint(spark, io.table_path(input_dir, name), dates=dates)
-    df = read_stats(spark, input_dir, name, stats, dates=dates)
+def postgres_fingerprint(spark: SparkSession, name: str, stats: StatsConfig, dates: tuple[_dt.date, _dt.date]) -> dict[str, Any]:
+    """Fingerprint of one statistics table kept in PostgreSQL for `dates`: a content hash computed
+    in one aggregation (row count, sum and xor of row hashes) over those days (files: see
+    fingerprint.table_fingerprint)."""
+    df = read_stats(spark, "", name, stats, dates=dates)
     where = {"source": "postgres", "url": stats.jdbc_url, "table": f"{stats.db_schema}.{stats.table(name)}"}
     if df is None:
         return {**where, "present": False}

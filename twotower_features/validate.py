@@ -15,6 +15,7 @@ from pyspark.sql import types as T
 
 from . import columns as C
 from .config import QualityConfig, WindowConfig
+from .errors import UserError
 
 # expected type, and the types accepted as that type (safe widenings)
 _NUMERIC = (T.DoubleType, T.FloatType, T.IntegerType, T.LongType, T.ShortType, T.DecimalType)
@@ -61,14 +62,13 @@ NULL_FLAG = "null_flag"
 DT_MISMATCH = "dt_mismatch"
 UNKNOWN_ITEM = "unknown_item"
 DUPLICATE_EVENT = "duplicate_event"
-REASONS = (NULL_ID, BAD_TIME_SPENT, BAD_FRACTION, FRACTION_ABOVE_MAX, NULL_FLAG, DT_MISMATCH, UNKNOWN_ITEM, DUPLICATE_EVENT)
 
 
-class ContractError(ValueError):
+class ContractError(UserError, ValueError):
     """An input table does not have the contract's columns or types."""
 
 
-class QualityError(RuntimeError):
+class QualityError(UserError):
     """The input is outside a configured quality band (volume, empty day); nothing was written."""
 
 

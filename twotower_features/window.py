@@ -18,7 +18,3 @@ def assign_split(df: DataFrame, window: WindowConfig) -> DataFrame:
     return df.filter(window_filter(window)).withColumn(
         C.SPLIT, F.when(F.col(C.DT) == F.lit(window.validation_date), F.lit(C.VALIDATION)).otherwise(F.lit(C.TRAIN))
     )
-
-
-def train_rows(df: DataFrame) -> DataFrame:
-    return df.filter(F.col(C.SPLIT) == C.TRAIN)

@@ -15,7 +15,8 @@ from twotower_features.spec import Column, FeatureSpec
 
 SPLITS_KEY = "splits"
 CATALOG = "catalog"
-_TF_DTYPES = {"string": tf.string, "float32": tf.float32, "int64": tf.int64}
+# the feature spec's column dtypes as TensorFlow dtypes
+TF_DTYPES = {"string": tf.string, "float32": tf.float32, "int64": tf.int64}
 
 
 def feature_description(spec: FeatureSpec, columns: Iterable[str] | None = None) -> dict[str, tf.io.FixedLenFeature]:
@@ -29,7 +30,7 @@ def feature_description(spec: FeatureSpec, columns: Iterable[str] | None = None)
 
 
 def _fixed_len(col: Column) -> tf.io.FixedLenFeature:
-    return tf.io.FixedLenFeature(shape=list(col.shape), dtype=_TF_DTYPES[col.dtype])
+    return tf.io.FixedLenFeature(shape=list(col.shape), dtype=TF_DTYPES[col.dtype])
 
 
 def split_columns(spec: FeatureSpec, split: str) -> list[str]:
@@ -41,12 +42,11 @@ def split_columns(spec: FeatureSpec, split: str) -> list[str]:
     if split != CATALOG:
         return [c.name for c in spec.columns]
     item_key = item_id_column(spec)
-    names = [item_key] + [c.name for c in spec.tower_columns("item") if c.name != item_key]
-    return names
+    return [item_key] + [c.name for c in spec.tower_columns("item") if c.name != item_key]
 
 
 def item_id_column(spec: FeatureSpec) -> str:
-    """Name of the item key: the key column that the item tower owns or that is called item_id."""
+    """Name of the item key: ``item_id``, which must be one of the feature spec's keys."""
     if "item_id" in spec.keys:
         return "item_id"
     raise ValueError(f"feature spec keys {list(spec.keys)} have no 'item_id'; the trainer needs it to name items")

@@ -17,11 +17,10 @@ Two parts, both written to ``metrics.json`` (``docs/evaluation.md`` defines ever
   (a validation positive may be an item the user saw in train). The same list diagnostics are
   computed for ``popularity`` (everyone gets the K most interacted-with train items) and
   ``random`` (K distinct uniform items per user). Content similarity, clusters and creators
-  come from the features folder's ``artifacts/items.parquet``.
+  come from the features folder's ``artifacts/items.parquet`` (``items.items_artifact``).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,20 +29,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from twotower_features import columns as C
 from twotower_features.spec import FeatureSpec
 
 from . import diagnostics as D
-from .metrics import compute_metrics, reference_scores, write_metrics_json
+from .items import ItemsArtifact, items_artifact, read_item_counts, read_item_embeddings
+from .layout import METRICS_FILE, PREDICTIONS_FILE
+from .metrics import SCORE, TABLE_METRICS, compute_metrics, reference_scores, write_metrics_json
 
-TABLE_METRICS = ("auc", "ndcg@5", "ndcg@10", "mrr", "map", "cust_map@10")
 DIAGNOSTIC_KS = (10, 100)
 COVERAGE_KS = (1, 5, 10, 20, 50, 100)
 MAX_DIAGNOSTIC_USERS = 50_000
 NEIGHBOUR_SAMPLE = 20_000
-KMEANS_FIT_SAMPLE = 50_000
 DIAGNOSTIC_ROWS = ("model", "popularity", "random")
 DIAGNOSTIC_COLUMNS = (
     "recall", "ndcg", "coverage", "gini", "overlap", "intra_list_similarity", "cluster_agreement", "creator_agreement",
@@ -58,12 +56,12 @@ def read_ground_truth(path: str) -> pd.DataFrame:
     return pd.DataFrame({C.USER_ID: t.column(C.USER_ID).to_pandas(), C.ITEM_ID: t.column(C.ITEM_ID).to_pandas(), C.EVENT_TS: ts.to_numpy(), C.TRUE_PROB: t.column(C.TRUE_PROB).to_numpy()})
 
 
-def item_counts(features_dir: str, spec: FeatureSpec) -> pd.Series:
-    f = spec.extras.get("item_frequency_file")
-    if not f or not Path(features_dir, f).is_file():
-        raise FileNotFoundError(f"no item frequency file in {features_dir!r}: the popularity row needs it")
-    df = pd.read_csv(Path(features_dir, f), dtype={C.ITEM_ID: str})
-    return df.set_index(C.ITEM_ID)["count"].astype(float)
+def _train_counts(features_dir: str | Path, spec: FeatureSpec) -> pd.Series:
+    """``items.read_item_counts``, which the popularity references cannot do without."""
+    counts = read_item_counts(features_dir, spec)
+    if counts is None:
+        raise FileNotFoundError(f"no item frequency file in {str(features_dir)!r}: the popularity row needs it")
+    return counts
 
 
 def evaluate(
@@ -83,15 +81,15 @@ def evaluate(
     Returns (and writes as ``out_dir/metrics.json``, NaN as null) ``experiment``, ``rows`` and,
     with ``diagnostics``, ``diagnostics`` and ``coverage_curve`` (see ``catalog_diagnostics``).
     """
-    from .train import predict
+    from .predict import predict
 
     spec = FeatureSpec.load(features_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     preds = predict(model_dir, features_dir, split="validation")
-    preds.to_parquet(out / "predictions.parquet", index=False)
-    counts = item_counts(features_dir, spec)
-    scores: dict[str, np.ndarray] = {"model": preds["score"].to_numpy()}
+    preds.to_parquet(out / PREDICTIONS_FILE, index=False)
+    counts = _train_counts(features_dir, spec)
+    scores: dict[str, np.ndarray] = {"model": preds[SCORE].to_numpy()}
     scores["random"] = reference_scores(preds, "random", seed=seed)
     scores["popularity"] = reference_scores(preds, "popularity", train_item_counts=counts)
     if ground_truth:
@@ -109,29 +107,11 @@ def evaluate(
             max_users=max_diagnostic_users, seed=seed,
         )
         result["diagnostics"], result["coverage_curve"] = diag, curve
-    write_metrics_json(result, out / "metrics.json")
+    write_metrics_json(result, out / METRICS_FILE)
     return result
 
 
 # ---- full-catalog diagnostics -----------------------------------------------------------
-def read_item_embeddings(model_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(item ids, ``(n_items, dim)`` float32 embeddings) from ``item_embeddings.parquet``."""
-    from .train import EMBEDDING, ITEM_EMBEDDINGS_FILE
-
-    path = Path(model_dir) / ITEM_EMBEDDINGS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {ITEM_EMBEDDINGS_FILE} in {str(model_dir)!r}: run train first")
-    table = pq.read_table(path, columns=[C.ITEM_ID, EMBEDDING])
-    ids = np.asarray(table.column(C.ITEM_ID).to_pylist(), dtype=object)
-    emb = table.column(EMBEDDING).combine_chunks()
-    values = emb.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    if len(ids) == 0:
-        raise ValueError(f"{str(path)!r} has no items")
-    if pd.Index(ids).has_duplicates:
-        raise ValueError(f"{str(path)!r} has duplicate item ids")
-    return ids, values.reshape(len(ids), -1)
-
-
 def choose_user_rows(preds: pd.DataFrame, *, max_users: int | None = None, seed: int = 0) -> pd.DataFrame:
     """One row per validation user: ``user_id`` and ``row``, the position in ``preds`` (record
     order of the validation split) of the user's first example by ``event_ts``, then
@@ -159,7 +139,8 @@ def user_embeddings_at_rows(
     import tensorflow as tf
 
     from .data import make_dataset
-    from .train import PREDICT_BATCH, load_towers
+    from .export import load_towers
+    from .predict import PREDICT_BATCH
 
     towers = load_towers(model_dir)
     rows = np.asarray(rows, dtype=np.int64)
@@ -204,65 +185,13 @@ def _positives(preds: pd.DataFrame, users: np.ndarray, item_index: pd.Index) -> 
     return np.split(idx[order].astype(np.int64), bounds), int(outside.sum())
 
 
-def _items_artifact(features_dir: str | Path, spec: FeatureSpec, item_ids: np.ndarray, seed: int) -> dict[str, Any]:
-    """Content embeddings, cluster and creator per catalog item, aligned with ``item_ids``,
-    from ``extras['items_file']`` (None where absent). Without an ``item_cluster`` column the
-    clusters are a KMeans (k = the config's ``embeddings.kmeans_k``, default 18) fitted here on
-    the content embeddings (on at most 50,000 items, seeded) and reported as such."""
-    info: dict[str, Any] = {
-        "content": None, "clusters": None, "creators": None, "content_column": None, "cluster_source": None,
-        "items_missing_content": 0,
-    }
-    rel = spec.extras.get("items_file")
-    if not rel or not Path(features_dir, rel).is_file():
-        return info
-    table = pq.read_table(Path(features_dir, rel))
-    frame_ids = pd.Index(table.column(C.ITEM_ID).to_pylist())
-    pos = frame_ids.get_indexer(item_ids)
-    known = pos >= 0
-    info["items_missing_content"] = int((~known).sum())
-    cfg = _resolved_config(features_dir)
-    pca_cols = [n for n in table.column_names if n.endswith("_pca")]
-    preferred = f"{cfg.get('embeddings', {}).get('item_source', '')}_pca"
-    col = preferred if preferred in pca_cols else (pca_cols[0] if pca_cols else None)
-    if col is not None:
-        arr = table.column(col).combine_chunks()
-        mat = arr.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(table.num_rows, -1)
-        content = np.zeros((len(item_ids), mat.shape[1]), dtype=np.float32)  # a missing item: cosine 0
-        content[known] = mat[pos[known]]
-        info["content"], info["content_column"] = content, col
-    # an item missing from the artifact gets a label of its own, which agrees with nothing
-    unknown_labels = np.array([f"__missing__{i}" for i in item_ids[~known]], dtype=object)
-    if C.CREATOR_ID in table.column_names:
-        creators = np.empty(len(item_ids), dtype=object)
-        creators[known] = np.asarray(table.column(C.CREATOR_ID).to_pylist(), dtype=object)[pos[known]]
-        creators[~known] = unknown_labels
-        info["creators"] = creators
-    if C.ITEM_CLUSTER in table.column_names:
-        clusters = np.empty(len(item_ids), dtype=object)
-        clusters[known] = table.column(C.ITEM_CLUSTER).to_numpy()[pos[known]]
-        clusters[~known] = unknown_labels
-        info["clusters"], info["cluster_source"] = clusters, f"{rel}:{C.ITEM_CLUSTER}"
-    elif info["content"] is not None and known.sum() >= 2:
-        from sklearn.cluster import KMeans
-
-        k = int(min(cfg.get("embeddings", {}).get("kmeans_k", 18), known.sum()))
-        content_known = info["content"][known]
-        rng = np.random.default_rng(seed)
-        fit = content_known
-        if len(fit) > KMEANS_FIT_SAMPLE:
-            fit = fit[rng.choice(len(fit), KMEANS_FIT_SAMPLE, replace=False)]
-        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(fit)
-        clusters = np.empty(len(item_ids), dtype=object)
-        clusters[known] = km.predict(content_known)
-        clusters[~known] = unknown_labels
-        info["clusters"], info["cluster_source"] = clusters, f"KMeans(k={k}) fitted at evaluation on {col}"
-    return info
-
-
-def _resolved_config(features_dir: str | Path) -> dict[str, Any]:
-    path = Path(features_dir) / "resolved_config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _cluster_source(art: ItemsArtifact) -> str | None:
+    """Where the clusters came from, as ``metrics.json`` says it."""
+    if art.clusters is None:
+        return None
+    if art.kmeans_k is None:
+        return f"{art.items_file}:{C.ITEM_CLUSTER}"
+    return f"KMeans(k={art.kmeans_k}) fitted at evaluation on {art.content_column}"
 
 
 def catalog_diagnostics(
@@ -281,7 +210,7 @@ def catalog_diagnostics(
     """Full-catalog diagnostics of the model and the popularity and random references.
 
     ``preds`` is ``predict(model_dir, features_dir, "validation")`` (record order);
-    ``train_counts`` the train-window count per item id (default: ``item_counts``). Returns
+    ``train_counts`` the train-window count per item id (default: ``items.read_item_counts``). Returns
     ``(diagnostics, coverage_curve)``:
 
     - ``diagnostics``: one flat dict per row of ``model``, ``popularity``, ``random`` with, for
@@ -305,13 +234,13 @@ def catalog_diagnostics(
     users = chosen[C.USER_ID].to_numpy()
     user_emb = user_embeddings_at_rows(model_dir, features_dir, spec, chosen["row"].to_numpy(), len(preds))
     positives, outside = _positives(preds, users, item_index)
-    art = _items_artifact(features_dir, spec, item_ids, seed)
+    art = items_artifact(features_dir, item_ids, spec=spec, seed=seed)
 
     ks_used = sorted({min(int(k), n_items) for k in ks})
     curve_ks = sorted({int(k) for k in coverage_ks if int(k) <= n_items}) or [n_items]
     kmax = max(ks_used + curve_ks)
     if train_counts is None:
-        train_counts = item_counts(str(features_dir), spec)
+        train_counts = _train_counts(features_dir, spec)
     counts = train_counts.reindex(item_ids).fillna(0.0).to_numpy()
     popular = np.lexsort((np.arange(n_items), -counts))[:kmax]
     tops = {
@@ -322,10 +251,10 @@ def catalog_diagnostics(
     diag: dict[str, Any] = {}
     for name, top in tops.items():
         diag[name] = D.topk_lists_report(
-            top, n_items, ks_used, positives_per_user=positives, content_emb=art["content"], seed=seed
+            top, n_items, ks_used, positives_per_user=positives, content_emb=art.content, seed=seed
         )
 
-    labels = {n: art[key] for n, key in (("cluster", "clusters"), ("creator", "creators")) if art[key] is not None}
+    labels = {n: v for n, v in (("cluster", art.clusters), ("creator", art.creators)) if v is not None}
     neighbour_ks = [k for k in ks_used if k <= n_items - 1]
     agreement: dict[str, Any] = {}
     if labels and neighbour_ks:
@@ -348,9 +277,9 @@ def catalog_diagnostics(
         "users_scored": diag["model"]["users_scored"],
         "user_features_from": USER_CHOICE,
         "positives_outside_catalog": outside,
-        "content_embedding": art["content_column"],
-        "cluster_source": art["cluster_source"],
-        "items_missing_content": art["items_missing_content"],
+        "content_embedding": art.content_column,
+        "cluster_source": _cluster_source(art),
+        "items_missing_content": art.items_missing_content,
         "neighbour_queries": agreement.get("neighbour_queries"),
         "seconds": time.perf_counter() - started,
     })

@@ -41,10 +41,8 @@ starts, per-user sums with ``np.bincount``; no Python loop per user
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -53,11 +51,17 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from twotower_features import columns as C
+from twotower_features.errors import UserError
+from twotower_features.io import write_json_atomic
 
-SCORE = "score"
+SCORE = "score"  # the model's score (logit) column of a predictions table
 NDCG_KS = (5, 10)
 CUST_MAP_K = 10
-METRIC_KEYS = ("auc", "map", "ndcg@5", "ndcg@10", "mrr", "cust_map@10")
+# the seed's six metrics: the order ``compute_metrics`` computes them in (over all rows, then per user)
+PER_USER_METRICS = ("ndcg@5", "ndcg@10", "mrr", "cust_map@10")
+METRIC_KEYS = ("auc", "map", *PER_USER_METRICS)
+# the same six in the seed's table order, for printed tables and reports
+TABLE_METRICS = ("auc", "ndcg@5", "ndcg@10", "mrr", "map", "cust_map@10")
 COUNT_KEYS = (
     "rows",
     "users",
@@ -72,7 +76,7 @@ REFERENCE_KINDS = ("random", "popularity", "oracle")
 PREDICTION_COLUMNS = (C.USER_ID, C.ITEM_ID, C.LABEL, SCORE)
 
 
-class MissingColumnsError(ValueError):
+class MissingColumnsError(UserError, ValueError):
     """A frame or table lacks required columns; the message names them and lists what it has."""
 
 
@@ -218,7 +222,7 @@ def compute_metrics(user_ids: Any, labels: Any, scores: Any, *, weights: Any = N
         result["map"] = float(average_precision_score(y, s, sample_weight=w))
 
     per = _per_user(codes.astype(np.int64), y, s, n_users)
-    for key in METRIC_KEYS[2:]:
+    for key in PER_USER_METRICS:
         values = per["per_user"][key]
         if values.size:
             result[key] = float(values.mean())
@@ -291,20 +295,8 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_metrics_json(metrics: Mapping[str, Any], out: str | os.PathLike) -> Path:
-    """Write ``metrics`` as JSON (NaN as null) atomically: a temporary file renamed into place."""
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(dict(metrics)), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``metrics`` as JSON (NaN as null) atomically (``twotower_features.io``)."""
+    return write_json_atomic(out, _json_safe(dict(metrics)))
 
 
 def read_predictions(predictions: str | os.PathLike) -> pd.DataFrame:

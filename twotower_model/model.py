@@ -1,4 +1,5 @@
-"""The two-tower model: two ``Tower``s, a scoring head and a task that holds the loss.
+"""The two-tower model: two ``Tower``s (``towers.py``), a scoring head and a task that holds
+the loss (``tasks.py``).
 
 As in tensorflow/recommenders, towers, task and model are apart: the model computes the two
 embeddings and the score and only overrides ``compute_loss``, which hands the batch to the task.
@@ -11,31 +12,24 @@ Heads (``ScoringHead``): each tower's output is mapped to a *query* (user) and a
   outputs, divided by the temperature);
 - ``batchnorm``: ``q = BatchNorm(u)``, ``c = BatchNorm(v)`` (one BatchNormalization per tower).
 
-The exported towers output ``q`` and ``c``, so any consumer scores with a plain dot product.
-
-Tasks: ``BinaryTask`` (sample-weighted binary cross-entropy on the logit, the weighted mean
-``sum(w * bce) / sum(w)``) and ``InBatchSoftmaxTask`` (in-batch sampled softmax over the
-batch's items with the positives as queries and the logQ correction of Yi et al., RecSys 2019).
+The exported towers output ``q`` and ``c`` (``export.py``), so any consumer scores with a plain
+dot product.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from twotower_features.config import HEADS, ModelConfig
 from twotower_features.spec import FeatureSpec
 
 from .data import item_id_column
+from .metrics import SCORE
+from .tasks import CANDIDATE, QUERY, BinaryTask, InBatchSoftmaxTask
 from .towers import Tower
-
-QUERY = "query"
-CANDIDATE = "candidate"
-SCORE = "score"
 
 
 @keras.saving.register_keras_serializable(package="twotower")
@@ -85,104 +79,6 @@ class ScoringHead(keras.layers.Layer):
 
 def _l2_normalize(x: Any) -> Any:
     return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
-
-
-@keras.saving.register_keras_serializable(package="twotower")
-class BinaryTask(keras.layers.Layer):
-    """Sample-weighted binary cross-entropy on the logit: ``sum(w * bce) / sum(w)``."""
-
-    def __init__(self, label: str = "label", weight: str | None = "weight", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.label = label
-        self.weight = weight
-
-    def call(self, features: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
-        logits = outputs[SCORE]
-        labels = ops.cast(ops.reshape(features[self.label], (-1,)), logits.dtype)
-        per_row = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
-        w = _weights(features, self.weight, labels)
-        return tf.math.divide_no_nan(ops.sum(per_row * w), ops.sum(w))
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "label": self.label, "weight": self.weight}
-
-
-@keras.saving.register_keras_serializable(package="twotower")
-class InBatchSoftmaxTask(keras.layers.Layer):
-    """In-batch sampled softmax with logQ correction (Yi et al., RecSys 2019).
-
-    The queries are the batch's positive rows (label > 0); the candidates are the items of all
-    rows of the batch; row i's positive is column i. Each logit is corrected by
-    ``- log(q_item)``, ``q_item`` the item's share of the train-window interactions
-    (``item_counts``; an item not counted gets a count of 1). Candidates with the same item id
-    as the query's positive ("accidental hits") are masked out. Per-query losses are averaged
-    with the queries' sample weights. A batch without a positive has loss 0.
-    """
-
-    def __init__(
-        self,
-        label: str = "label",
-        weight: str | None = "weight",
-        item_key: str = "item_id",
-        item_counts: Mapping[str, float] | None = None,
-        remove_accidental_hits: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.label = label
-        self.weight = weight
-        self.item_key = item_key
-        self.remove_accidental_hits = bool(remove_accidental_hits)
-        self.item_counts = {str(k): float(v) for k, v in (item_counts or {}).items()}
-        bad = [k for k, v in self.item_counts.items() if not (v >= 0 and math.isfinite(v))]
-        if bad:
-            raise ValueError(f"item_counts must be finite numbers >= 0; bad items: {bad[:5]}")
-        self._log_q = None
-        if self.item_counts:
-            total = sum(max(c, 1.0) for c in self.item_counts.values())
-            keys = tf.constant(list(self.item_counts), tf.string)
-            values = tf.constant([math.log(max(c, 1.0) / total) for c in self.item_counts.values()], tf.float32)
-            self._log_q = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(keys, values), default_value=math.log(1.0 / total)
-            )
-
-    @property
-    def logq_correction(self) -> bool:
-        return self._log_q is not None
-
-    def call(self, features: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
-        query, candidate = outputs[QUERY], outputs[CANDIDATE]
-        item_ids = ops.reshape(features[self.item_key], (-1,))
-        labels = ops.cast(ops.reshape(features[self.label], (-1,)), query.dtype)
-        positive = labels > 0
-        logits = ops.matmul(query, ops.transpose(candidate))  # [queries=batch, candidates=batch]
-        if self._log_q is not None:
-            logits = logits - self._log_q.lookup(item_ids)[None, :]
-        n = ops.shape(logits)[0]
-        eye = ops.eye(n, dtype="bool")
-        if self.remove_accidental_hits:
-            same = ops.equal(item_ids[:, None], item_ids[None, :])
-            logits = ops.where(ops.logical_and(same, ops.logical_not(eye)), -1e9, logits)
-        per_row = tf.nn.softmax_cross_entropy_with_logits(labels=ops.cast(eye, logits.dtype), logits=logits)
-        w = _weights(features, self.weight, labels) * ops.cast(positive, logits.dtype)
-        return tf.math.divide_no_nan(ops.sum(per_row * w), ops.sum(w))
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "label": self.label,
-            "weight": self.weight,
-            "item_key": self.item_key,
-            "item_counts": self.item_counts,
-            "remove_accidental_hits": self.remove_accidental_hits,
-        }
-
-
-def _weights(features: Mapping[str, Any], name: str | None, labels: Any) -> Any:
-    """The batch's sample weights as a float vector like ``labels`` (ones when ``name`` is None)."""
-    if name is None:
-        return ops.ones_like(labels)
-    return ops.cast(ops.reshape(features[name], (-1,)), labels.dtype)
 
 
 @keras.saving.register_keras_serializable(package="twotower")
@@ -260,61 +156,3 @@ def build_model(spec: FeatureSpec, feat_dir: str | Path, cfg: ModelConfig, *, it
     model = TwoTowerModel(user, item, head, task, name="two_tower")
     model.build()
     return model
-
-
-OPTIMIZERS = ("lazy_adam", "adam", "adagrad")
-
-
-@keras.saving.register_keras_serializable(package="twotower")
-class LazyAdam(keras.optimizers.Adam):
-    """Adam that updates only the rows of an embedding table that the batch touched.
-
-    Keras 3's Adam (and, in its reads, Adagrad) computes over whole variables every step, so a
-    step costs O(table size) per embedding table. For a sparse gradient (``tf.IndexedSlices``,
-    what an embedding lookup produces) this optimiser gathers the touched rows' moments,
-    updates them and scatters them back, as ``LazyAdam`` of TensorFlow Addons did: rows
-    outside the batch keep their moments and do not move. Dense gradients get plain Adam.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.amsgrad:
-            raise ValueError("LazyAdam does not support amsgrad=True")
-
-    def update_step(self, gradient, variable, learning_rate):
-        if not isinstance(gradient, tf.IndexedSlices):
-            return super().update_step(gradient, variable, learning_rate)
-        dtype = variable.dtype
-        lr = tf.cast(learning_rate, dtype)
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1 = tf.cast(self.beta_1, dtype)
-        beta_2 = tf.cast(self.beta_2, dtype)
-        alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
-        # one row per distinct index; repeated indices (an id twice in the batch) are summed
-        rows, position = tf.unique(gradient.indices)
-        grad = tf.math.unsorted_segment_sum(tf.cast(gradient.values, dtype), position, tf.shape(rows)[0])
-        index = self._get_variable_index(variable)
-        m, v = self._momentums[index], self._velocities[index]
-        m_rows = beta_1 * tf.gather(m.value, rows) + (1 - beta_1) * grad
-        v_rows = beta_2 * tf.gather(v.value, rows) + (1 - beta_2) * tf.square(grad)
-        self.assign(m, tf.IndexedSlices(m_rows, rows))
-        self.assign(v, tf.IndexedSlices(v_rows, rows))
-        self.assign_sub(variable, tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
-
-
-def make_optimizer(learning_rate: float, kind: str = "lazy_adam") -> keras.optimizers.Optimizer:
-    """``lazy_adam`` (default): Adam, with sparse row updates for embedding tables (``LazyAdam``);
-    ``adam`` / ``adagrad``: Keras' own, for comparison (Adagrad at 10x the learning rate).
-
-    ``benchmarks/bench_train.py`` measures the three: with a 1M-id user vocabulary Keras' Adam and
-    Adagrad spend each step on whole-table arithmetic; LazyAdam's step does not grow with it.
-    """
-    if kind not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-    if kind == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate)
-    if kind == "adagrad":
-        return keras.optimizers.Adagrad(learning_rate=learning_rate * 10)
-    return LazyAdam(learning_rate=learning_rate)

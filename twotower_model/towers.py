@@ -19,8 +19,9 @@ from keras import ops
 
 from twotower_features.spec import Column, FeatureSpec, read_vocabulary
 
+from .data import TF_DTYPES
+
 TOWER_KINDS = ("id", "categorical", "dense", "count")
-_TF_DTYPES = {"string": tf.string, "float32": tf.float32, "int64": tf.int64}
 
 
 def _column_dict(col: Column) -> dict[str, Any]:
@@ -159,7 +160,7 @@ class Tower(keras.Model):
     def input_signature(self) -> dict[str, tf.TensorSpec]:
         """Raw inputs of the tower: ``[batch, *shape]`` tensors of the spec's dtype."""
         return {
-            c["name"]: tf.TensorSpec([None, *c["shape"]], _TF_DTYPES[c["dtype"]], name=c["name"])
+            c["name"]: tf.TensorSpec([None, *c["shape"]], TF_DTYPES[c["dtype"]], name=c["name"])
             for c in self.tower_columns
         }
 

@@ -102,7 +102,7 @@ class Reference:
 def reference(spark, tmp_path_factory) -> Reference:
     from twotower_features.config import ExperimentConfig
     from twotower_features.generate import generate
-    from twotower_features.pipeline import run_features
+    from twotower.stages import run as run_features
 
     root = tmp_path_factory.mktemp("cluster-reference")
     config = root / "cluster-test.toml"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from twotower_features.pipeline import STAGES
+from twotower.stages import NAMES as STAGES
 
 from .conftest import assert_same_outputs, jars, run_submit, stage_args, submit_command
 

@@ -9,7 +9,6 @@ import pytest
 from twotower_model.diagnostics import (
     catalog_recall_ndcg,
     coverage_at_k,
-    diagnostics_report,
     gini_of_topk,
     intra_list_similarity,
     mean_pairwise_overlap,
@@ -171,32 +170,26 @@ def test_neighbourhood_agreement_clusters_and_unrelated_labels():
         neighbourhood_agreement(emb, clusters, 6)
 
 
-def test_report_bundles_everything():
+def test_list_report_and_agreements_of_one_model_by_hand():
     content = np.eye(5)
-    report = diagnostics_report(
-        USERS,
-        ITEMS,
-        positives_per_user=[[0], [1, 4]],
-        content_emb=content,
-        clusters=[0, 1, 0, 0, 1],
-        creators=["c1", "c2", "c3", "c1", "c2"],
-        k=2,
-    )
+    top = topk_from_embeddings(USERS, ITEMS, 2)
+    report = topk_lists_report(top, 5, [2], positives_per_user=[[0], [1, 4]], content_emb=content)
+    agreement = neighbourhood_agreements(ITEMS, {"cluster": [0, 1, 0, 0, 1], "creator": ["c1", "c2", "c3", "c1", "c2"]}, [2])
     # top-2: user 0 -> [3, 0], user 1 -> [4, 1]
-    assert report["k"] == 2 and report["n_users"] == 2 and report["n_items"] == 5
-    assert report["catalog_recall@2"] == pytest.approx(1.0)  # user 0: 1/1 ; user 1: 2/2
-    assert report["catalog_ndcg@2"] == pytest.approx(((1 / math.log2(3)) / 1 + 1.0) / 2)
+    assert top.tolist() == [[3, 0], [4, 1]] and report["users"] == 2
+    assert report["recall@2"] == pytest.approx(1.0)  # user 0: 1/1 ; user 1: 2/2
+    assert report["ndcg@2"] == pytest.approx(((1 / math.log2(3)) / 1 + 1.0) / 2)
     assert report["coverage@2"] == pytest.approx(4 / 5)
     # counts sorted: 0 1 1 1 1 -> 2 * (2+3+4+5) / (5 * 4) - 6/5 = 1.4 - 1.2 = 0.2
     assert report["gini@2"] == pytest.approx(0.2)
     assert report["overlap@2"] == 0.0
     assert report["intra_list_similarity@2"] == pytest.approx(0.0)  # one-hot content
-    assert report["cluster_agreement_chance"] == pytest.approx(0.6**2 + 0.4**2)
-    assert report["creator_agreement_chance"] == pytest.approx(0.4**2 + 0.4**2 + 0.2**2)
-    assert 0.0 <= report["cluster_agreement@2"] <= 1.0
-    bare = diagnostics_report(USERS, ITEMS, k=2)
-    assert bare["catalog_recall@2"] is None and bare["intra_list_similarity@2"] is None
-    assert bare["cluster_agreement@2"] is None and bare["coverage@2"] == report["coverage@2"]
+    assert agreement["cluster_agreement_chance"] == pytest.approx(0.6**2 + 0.4**2)
+    assert agreement["creator_agreement_chance"] == pytest.approx(0.4**2 + 0.4**2 + 0.2**2)
+    assert 0.0 <= agreement["cluster_agreement@2"] <= 1.0
+    bare = topk_lists_report(top, 5, [2])
+    assert bare["recall@2"] is None and bare["intra_list_similarity@2"] is None
+    assert bare["coverage@2"] == report["coverage@2"]
 
 
 def test_neighbourhood_agreements_read_smaller_k_from_one_search():

@@ -1,7 +1,7 @@
 """``evaluate`` on a tiny trained model: the full-catalog diagnostics in metrics.json against a
 brute-force recomputation from the saved towers, with plain Python loops over users.
 
-The fixture is ``test_train.write_features`` (40 users, 30 items, two latent groups) plus an
+The fixture is ``tiny_features.write_features`` (40 users, 30 items, two latent groups) plus an
 ``artifacts/items.parquet`` written here with a content vector, a cluster and a creator per item.
 """
 from __future__ import annotations
@@ -23,9 +23,10 @@ tf = pytest.importorskip("tensorflow")
 from twotower_features.config import ModelConfig  # noqa: E402
 from twotower_features.spec import FeatureSpec  # noqa: E402
 from twotower_model import evaluate as tevaluate  # noqa: E402
+from twotower_model import items as titems  # noqa: E402
 from twotower_model import train as ttrain  # noqa: E402
 
-from .test_train import ITEMS, SMALL, write_features  # noqa: E402
+from .tiny_features import ITEMS, SMALL, write_features  # noqa: E402
 
 KS = (3, 10)
 CURVE_KS = (1, 5, 10, 50)  # 50 > 30 items: left out of the curve
@@ -167,7 +168,7 @@ def test_user_embedding_is_that_of_the_first_validation_example(evaluated):
     chosen = tevaluate.choose_user_rows(preds)
     spec = FeatureSpec.load(root)
     emb = tevaluate.user_embeddings_at_rows(model_dir, root, spec, chosen["row"].to_numpy(), len(preds))
-    ids, item_emb = tevaluate.read_item_embeddings(model_dir)
+    ids, item_emb = titems.read_item_embeddings(model_dir)
     item_pos = pd.Index(ids).get_indexer(preds["item_id"].to_numpy()[chosen["row"]])
     expected = preds["score"].to_numpy()[chosen["row"]]
     np.testing.assert_allclose((emb * item_emb[item_pos]).sum(axis=1), expected, rtol=1e-4, atol=1e-5)
@@ -179,7 +180,7 @@ def test_user_embedding_is_that_of_the_first_validation_example(evaluated):
 
 def test_neighbourhood_agreement_matches_brute_force(evaluated):
     root, written, artifact, model_dir, out, result = evaluated
-    ids, item_emb = tevaluate.read_item_embeddings(model_dir)
+    ids, item_emb = titems.read_item_embeddings(model_dir)
     assert list(ids) == ITEMS
     unit = item_emb / np.linalg.norm(item_emb, axis=1, keepdims=True)
     diag = result["diagnostics"]

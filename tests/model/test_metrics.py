@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from twotower_model.metrics import (
     COUNT_KEYS,
     METRIC_KEYS,
+    TABLE_METRICS,
     MissingColumnsError,
     compute_metrics,
     evaluate_predictions_file,
@@ -338,3 +339,8 @@ def test_oracle_beats_popularity_beats_random_on_generated_labels():
     assert abs(auc["random"] - 0.5) < 0.03
     assert auc["oracle"] > 0.6
     assert auc["popularity"] == pytest.approx(auc["oracle"], abs=0.01)
+
+
+def test_table_order_lists_the_same_six_metrics():
+    assert TABLE_METRICS == ("auc", "ndcg@5", "ndcg@10", "mrr", "map", "cust_map@10")
+    assert sorted(TABLE_METRICS) == sorted(METRIC_KEYS) and len(set(METRIC_KEYS)) == 6

@@ -63,7 +63,7 @@ def small_inputs(spark, tmp_path_factory) -> Path:
 def nightly_root(spark, small_inputs, tmp_path_factory) -> Path:
     """An output root after `nightly` for PREV and then for D (file statistics). Tests that change
     it work on a copy (`copy_root`)."""
-    from twotower_features.nightly import run_date
+    from twotower.nightly import run_date
 
     root = tmp_path_factory.mktemp("prod-nightly") / "root"
     cfg = small_config()

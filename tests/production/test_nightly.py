@@ -3,7 +3,6 @@ identical reruns, backfill = nightly, a day with no data, failures that leave th
 snapshot alone, and the date lock between processes."""
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -22,9 +21,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from twotower_features import columns as C
-from twotower_features.lock import ExclusiveLock, LockBusy
-from twotower_features.nightly import NightlyError, backfill, published_path, run_date
-from twotower_features.pipeline import STAGES
+from twotower.lock import ExclusiveLock, LockBusy
+from twotower.nightly import NightlyError, backfill, published_path, run_date
+from twotower.stages import NAMES as STAGES
 
 from .conftest import D, PREV, copy_root, quiet, small_config
 
@@ -207,7 +206,7 @@ def test_a_failed_stage_leaves_the_published_snapshot_alone(spark, nightly_root,
 # ------------------------------------------------------------------------------ the lock
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from twotower_features.lock import ExclusiveLock
+    from twotower.lock import ExclusiveLock
     path, log, hold = sys.argv[1], sys.argv[2], float(sys.argv[3])
     with ExclusiveLock(path, run_id=sys.argv[4], wait_s=120, poll_s=0.05) as lock:
         with open(log, "a") as f:
@@ -242,7 +241,7 @@ def test_nightly_refuses_a_date_held_by_another_process_and_survives_its_death(s
     lock = root / ".locks" / f"{D}.lock"
     holder = _python(textwrap.dedent(f"""
         import sys, time
-        from twotower_features.lock import ExclusiveLock
+        from twotower.lock import ExclusiveLock
         ExclusiveLock({str(lock)!r}, run_id="other-run").acquire()
         print("held", flush=True)
         time.sleep(300)

@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from twotower_features.config import ConfigError, ExperimentConfig, StatsConfig
-from twotower_features.nightly import published_path
+from twotower.nightly import published_path
 from twotower_features.stats_source import CredentialError, StatsSourceError, read_stats, resolve_password, stats_dates
 
 from .conftest import D, SMALL, copy_root

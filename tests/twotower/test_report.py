@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from twotower_model import report as R
+from twotower import report as R
+from twotower_features.spec import Column, FeatureSpec
 
 METRICS = ("auc", "ndcg@5", "ndcg@10", "mrr", "map", "cust_map@10")
 
@@ -115,6 +116,8 @@ def _two_cluster_run(root: Path, rng) -> tuple[Path, Path]:
     order = rng.permutation(60)  # the artifact's row order differs from the model's
     pq.write_table(pa.table({"item_id": [ids[i] for i in order], "item_cluster": [0 if ids[i][0] == "a" else 1 for i in order]}),
                    feat_dir / "artifacts" / "items.parquet")
+    cols = (Column("item_id", "string", (), None, "key"), Column("label", "float32", (), None, "label"), Column("weight", "float32", (), None, "weight"))
+    FeatureSpec(columns=cols, keys=("item_id",), extras={"items_file": "artifacts/items.parquet"}).save(feat_dir)
     return model_dir, feat_dir
 
 

@@ -1,21 +1,24 @@
 """`twotower`: one click group; every Spark stage also runs as `spark-submit jobs/<stage>.py`.
 
-Only this module (and the job files that call it) reads config files; the library receives
-`ExperimentConfig` objects. TensorFlow is imported lazily, by the train/evaluate commands only.
+Only this module (and the job files that call it) reads config files; the libraries receive
+`ExperimentConfig` objects. The stage commands come from the stage table (``stages.py``).
+TensorFlow is imported by the commands that train or evaluate, when they run, so the Spark
+commands (and `spark-submit jobs/<stage>.py`) never load it.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import click
 
-from .config import ConfigError, ExperimentConfig
+from twotower_features import layout as L
+from twotower_features.config import ConfigError, ExperimentConfig
+
+from . import stages as S
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 
@@ -37,7 +40,7 @@ def load_config(value: str) -> ExperimentConfig:
 
 
 def _spark(ctx: click.Context, app: str):
-    from .session import build_session, parse_conf
+    from twotower_features.session import build_session, parse_conf
 
     opts = ctx.find_root().params
     try:
@@ -67,8 +70,8 @@ def main(master: str | None, conf: tuple[str, ...]) -> None:
 @click.pass_context
 def generate(ctx, out, users, items, days, start, seed, embedding_dim, bad_row_share):
     """Synthetic input tables with a known latent preference structure."""
-    from .generate import GenerateError
-    from .generate import generate as run
+    from twotower_features.generate import GenerateError
+    from twotower_features.generate import generate as run
 
     try:
         start_date = _dt.date.fromisoformat(start)
@@ -90,13 +93,13 @@ def _feature_command(name: str, stages: tuple[str, ...], doc: str):
     @click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Folder for this experiment's feature outputs.")
     @click.pass_context
     def cmd(ctx, config, input_dir, output_dir):
-        from .pipeline import StageError, run_features
-        from .validate import QualityError
+        from twotower_features.pipeline import StageError
+        from twotower_features.validate import QualityError
 
         cfg = load_config(config)
         spark = _spark(ctx, f"twotower-{name}")
         try:
-            run_features(spark, cfg, input_dir, output_dir, stages=stages, log=click.echo)
+            S.run(spark, cfg, input_dir, output_dir, stages=stages, log=click.echo)
         except (StageError, QualityError) as e:  # a refused input: the message says what and that nothing was written
             raise click.ClickException(str(e)) from None
         finally:
@@ -105,11 +108,9 @@ def _feature_command(name: str, stages: tuple[str, ...], doc: str):
     return cmd
 
 
-_feature_command("features", ("prepare", "embeddings", "examples", "tfrecords"), "All Spark stages: prepare, embeddings, examples, tfrecords.")
-_feature_command("prepare", ("prepare",), "Stages 1-4: validate and quarantine, window and split, item and client filters, label, weight.")
-_feature_command("embeddings", ("embeddings",), "Stage 7: PCA-compressed content embeddings and KMeans clusters, fitted on train items.")
-_feature_command("examples", ("examples",), "Stages 5, 6, 8: user sampling, point-in-time histories, rebalancing, statistics, tower features.")
-_feature_command("tfrecords", ("tfrecords",), "Stage 9: vocabularies, feature_spec.json, sharded TFRecords and the manifest.")
+_feature_command("features", S.NAMES, f"All Spark stages: {', '.join(S.NAMES)}.")
+for _stage in S.STAGES:
+    _feature_command(_stage.name, (_stage.name,), _stage.help)
 
 
 # ------------------------------------------------------------------------------ model
@@ -122,7 +123,7 @@ def train(features_dir, model_dir, config, epochs):
     """Train the two towers on CPU (or GPU) from feature_spec.json and the TFRecords."""
     from twotower_model.train import train as run
 
-    cfg = load_config(config) if config else ExperimentConfig.from_dict(json.loads(Path(features_dir, "resolved_config.json").read_text()))
+    cfg = load_config(config) if config else ExperimentConfig.from_dict(json.loads(Path(features_dir, L.RESOLVED_CONFIG).read_text()))
     model_cfg = cfg.model if epochs is None else dataclasses.replace(cfg.model, epochs=epochs)
     report = run(features_dir, model_dir, model_cfg, progress=click.echo)
     click.echo(json.dumps({k: v for k, v in report.items() if not isinstance(v, (list, dict))}, indent=2, default=str))
@@ -165,8 +166,7 @@ def metrics(predictions, out):
 @click.pass_context
 def demo(ctx, out, users, items, config):
     """Generate data, run every stage of the default experiment, train, evaluate, print metrics."""
-    from .generate import generate as gen
-    from .pipeline import run_features
+    from twotower_features.generate import generate as gen
 
     cfg = load_config(config)
     out = Path(out)
@@ -175,7 +175,7 @@ def demo(ctx, out, users, items, config):
     click.echo(f"== generate: {users} users, {items} items -> {out / 'data'}")
     gen_report = gen(spark, str(out / "data"), users=users, items=items, days=18, start=_dt.date(2026, 6, 18), seed=0)
     click.echo(json.dumps(gen_report.get("rows", {}), default=str))
-    run_features(spark, cfg, str(out / "data"), str(out / "features"), log=click.echo)
+    S.run(spark, cfg, str(out / "data"), str(out / "features"), log=click.echo)
     spark.stop()
     t_features = time.monotonic() - t0
     from twotower_model.evaluate import evaluate as run_eval
@@ -233,7 +233,7 @@ def experiment_run(ctx, names, input_dir, root, seeds, epochs, tracking_uri, mlf
     if input_dir is None:
         input_dir = str(Path(root, "data"))
         if not Path(input_dir, "interactions").exists():
-            from .generate import generate as gen
+            from twotower_features.generate import generate as gen
 
             click.echo(f"== generate (generator defaults) -> {input_dir}")
             gen(spark_factory(), input_dir)
@@ -251,7 +251,7 @@ def experiment_run(ctx, names, input_dir, root, seeds, epochs, tracking_uri, mlf
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Where to write report.md and report.html (default: ROOT).")
 def report(root, out_dir):
     """Side-by-side experiment report (Markdown and a self-contained HTML page with plots)."""
-    from twotower_model.report import ReportError, write_report
+    from .report import ReportError, write_report
 
     try:
         paths = write_report(root, out_dir or root)
@@ -260,9 +260,6 @@ def report(root, out_dir):
     click.echo(Path(paths["markdown"]).read_text())
     click.echo(f"report: {paths['markdown']} and {paths['html']}")
 # ------------------------------------------------------------------------------ nightly, backfill
-_CHAIN = ("prepare", "embeddings", "examples", "tfrecords")
-
-
 class _Busy(click.ClickException):
     exit_code = 75  # EX_TEMPFAIL: another run holds the date; retry later
 
@@ -294,7 +291,7 @@ def _record_summary(r: dict) -> dict:
 @main.command(name="nightly")
 @_production_options
 @click.option("--date", "date_", required=True, help="The date D (YYYY-MM-DD): validation day D, train window the train_days days before it.")
-@click.option("--stage", "until", default="tfrecords", show_default=True, type=click.Choice(_CHAIN), help="Bring the chain up to date through this stage (one spark-submit per stage); the last stage publishes.")
+@click.option("--stage", "until", default=S.NAMES[-1], show_default=True, type=click.Choice(S.NAMES), help="Bring the chain up to date through this stage (one spark-submit per stage); the last stage publishes.")
 @click.pass_context
 def nightly_cmd(ctx, config, input_dir, output_root, force, dry_run, lock_wait, date_, until):
     """The stage chain for one date, skipping stages whose output is complete and unchanged; publishes ROOT/DATE atomically."""

@@ -16,18 +16,18 @@ and swaps the link with one `rename` (atomic on POSIX), so a reader that opens R
 old snapshot or the new one, never a mix, and the previous snapshot stays readable until the
 next publish. A failed run leaves the published snapshot as it was.
 
-Skipping: each stage has a fingerprint = hash(stage, upstream fingerprint, the config sections
-it depends on, the version of the package, and the inputs it reads for D's dates: data files of
-Delta/Parquet tables, or a content hash of PostgreSQL tables). A stage whose marker in the
-published snapshot (or in an unfinished build) has the same fingerprint is complete and is not
-run again; the first stage whose fingerprint differs and every stage after it are run. A new
-day landing in a `dt`-partitioned table does not change an older date's fingerprint.
+Skipping: each stage has a fingerprint, its stage key (``fingerprints.stage_keys``, the key
+experiment stage reuse uses too): the upstream key, the config sections the stage reads, the
+package version, and the inputs it reads for D's dates (data files of Delta/Parquet tables, or a
+content hash of PostgreSQL tables). A stage whose marker in the published snapshot (or in an
+unfinished build) has the same fingerprint is complete and is not run again; the first stage
+whose fingerprint differs and every stage after it are run. A new day landing in a
+`dt`-partitioned table does not change an older date's fingerprint.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -37,22 +37,16 @@ from typing import Any, Callable
 
 from pyspark.sql import SparkSession
 
-from . import io
-from .config import ExperimentConfig
-from .lock import ExclusiveLock
-from .pipeline import RUNNERS, STAGES
-from .stats_source import STATS_TABLES, stats_dates, stats_fingerprint, table_fingerprint
-from .validate import conservation
+from twotower_features import io
+from twotower_features.config import ExperimentConfig
+from twotower_features.errors import UserError
+from twotower_features.fingerprint import input_fingerprints
+from twotower_features.validate import conservation
 
-# the input tables each stage reads (the statistics are read by examples and tfrecords only)
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "prepare": ("interactions", "items"),
-    "embeddings": ("items",),
-    "examples": ("users", *STATS_TABLES),
-    "tfrecords": ("item_stats", "creator_stats"),
-}
-# stages that read the [stats] section of the config (the others do not rerun when it changes)
-_STATS_STAGES = ("examples", "tfrecords")
+from .fingerprints import stage_keys
+from .lock import ExclusiveLock
+from .stages import BY_NAME, NAMES
+
 SNAPSHOTS = ".snapshots"
 LOCKS = ".locks"
 RECORDS = "_nightly"
@@ -60,7 +54,7 @@ SUCCESS = "_SUCCESS"
 MARKERS = "_stages"
 
 
-class NightlyError(RuntimeError):
+class NightlyError(UserError):
     """A nightly/backfill run failed; the published snapshot of the date is unchanged."""
 
 
@@ -99,7 +93,7 @@ def _markers(snapshot: Path | None) -> dict[str, dict[str, Any]]:
     if snapshot is None or not (snapshot / MARKERS).is_dir():
         return {}
     out = {}
-    for s in STAGES:
+    for s in NAMES:
         f = snapshot / MARKERS / f"{s}.json"
         if f.is_file():
             out[s] = json.loads(f.read_text())
@@ -115,55 +109,6 @@ def _unfinished_builds(root: str | Path, day: _dt.date) -> list[Path]:
 
 def _new_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:6]
-
-
-# ------------------------------------------------------------------------------ fingerprints
-def _code_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("twotower")
-    except Exception:  # not installed (running from a source tree)
-        return "source"
-
-
-def _config_hash(cfg: ExperimentConfig, with_stats: bool) -> str:
-    d = cfg.to_dict()
-    for k in ("name", "description", "model", *(() if with_stats else ("stats",))):
-        d.pop(k, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def input_fingerprints(spark: SparkSession, cfg: ExperimentConfig, input_dir: str) -> dict[str, dict[str, Any]]:
-    """Fingerprint of every input for the dates the run of `cfg.window` reads."""
-    w = cfg.window
-    inter_dates = (w.train_start, w.validation_date)
-    out = {
-        "interactions": table_fingerprint(spark, io.table_path(input_dir, "interactions"), dates=inter_dates),
-        "items": table_fingerprint(spark, io.table_path(input_dir, "items")),
-        "users": table_fingerprint(spark, io.table_path(input_dir, "users")),
-    }
-    sd = stats_dates(w.validation_date, w.train_days)
-    for name in STATS_TABLES:
-        out[name] = stats_fingerprint(spark, input_dir, name, cfg.stats, sd)
-    return out
-
-
-def stage_fingerprints(cfg: ExperimentConfig, inputs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Chained fingerprints: a stage changes when its config, its inputs or any upstream stage change."""
-    code = _code_version()
-    out, upstream = {}, ""
-    for s in STAGES:
-        body = {
-            "stage": s,
-            "upstream": upstream,
-            "config": _config_hash(cfg, with_stats=s in _STATS_STAGES),
-            "code": code,
-            # what the data is, not where it lives: a moved input folder is not a change
-            "inputs": {t: {k: v for k, v in inputs[t].items() if k != "path"} for t in STAGE_INPUTS[s]},
-        }
-        out[s] = upstream = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return out
 
 
 # ------------------------------------------------------------------------------ one date
@@ -210,7 +155,7 @@ def run_date(
     root: str,
     day: _dt.date,
     *,
-    until: str = STAGES[-1],
+    until: str = NAMES[-1],
     force: bool = False,
     dry_run: bool = False,
     lock_wait_s: float = 0.0,
@@ -222,9 +167,9 @@ def run_date(
     `dry_run` only reports which stages would run. Raises NightlyError (the published snapshot
     unchanged) when a stage fails, and LockBusy when another run holds the date.
     """
-    if until not in STAGES:
-        raise ValueError(f"unknown stage {until!r}; expected one of {list(STAGES)}")
-    stages = STAGES[: STAGES.index(until) + 1]
+    if until not in NAMES:
+        raise ValueError(f"unknown stage {until!r}; expected one of {list(NAMES)}")
+    stages = NAMES[: NAMES.index(until) + 1]
     rootp = Path(root)
     cfg_d = for_date(cfg, day)
     run_id = _new_id()
@@ -238,8 +183,8 @@ def run_date(
         record["lock"] = {"generation": lock.generation, "previous_holder_died": lock.previous_holder_died}
         if lock.previous_holder_died:
             say(f"the previous holder of the lock died without releasing it: {lock.previous_holder_died}")
-        inputs = input_fingerprints(spark, cfg_d, input_dir)
-        fps = stage_fingerprints(cfg_d, inputs)
+        inputs = input_fingerprints(input_dir, cfg_d, spark=lambda: spark)
+        fps = stage_keys(cfg_d, inputs)
         record["inputs"], record["fingerprints"] = inputs, fps
         pub = published_snapshot(rootp, day)
         pub_markers = _markers(pub)
@@ -280,7 +225,7 @@ def run_date(
             if start > 0:
                 _copy_stages(pub, build, stages[:start])
         else:
-            for s in STAGES[start:]:  # markers of stale stages
+            for s in NAMES[start:]:  # markers of stale stages
                 (build / MARKERS / f"{s}.json").unlink(missing_ok=True)
         record["build"] = build.name
         for s in stages[:start]:
@@ -290,7 +235,7 @@ def run_date(
         for s in stages[start:]:
             say(f"== stage {s}")
             try:
-                rep = RUNNERS[s](spark, cfg_d, input_dir, str(build), log).to_dict()
+                rep = BY_NAME[s].runner(spark, cfg_d, input_dir, str(build), log).to_dict()
                 cons = conservation(rep)
                 if not cons["holds"]:
                     raise NightlyError(f"stage {s}: rows are not conserved: {cons}")
@@ -313,7 +258,7 @@ def run_date(
         if "prepare" in record["stages"] and record["stages"]["prepare"].get("conservation"):
             c = record["stages"]["prepare"]["conservation"]
             record["quarantine"] = {"rows": c["quarantined"], "share": round(c["quarantined"] / max(c["rows_in"], 1), 6)}
-        if len(stages) == len(STAGES):
+        if len(stages) == len(NAMES):
             io.write_json_atomic(build / SUCCESS, {"run_id": run_id, "date": day.isoformat(), "fingerprints": fps})
             _publish(rootp, day, build, keep_previous=pub)
             record["published"] = build.name

@@ -30,10 +30,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
-TABLE_METRICS = ("auc", "ndcg@5", "ndcg@10", "mrr", "map", "cust_map@10")
+from twotower_features import layout as FL
+from twotower_features.errors import UserError
+from twotower_model.items import items_artifact, read_item_embeddings
+from twotower_model.layout import ITEM_EMBEDDINGS_FILE
+from twotower_model.metrics import REFERENCE_KINDS, TABLE_METRICS
+
+from .tracking import RUN_FILE
+
 HEADERS = {"auc": "AUC", "ndcg@5": "NDCG@5", "ndcg@10": "NDCG@10", "mrr": "MRR", "map": "MAP", "cust_map@10": "CUST-MAP@10"}
-REFERENCE_ROWS = ("random", "popularity", "oracle")
 DIAG_COLUMNS = ("recall", "ndcg", "coverage", "gini", "overlap", "intra_list_similarity", "cluster_agreement", "creator_agreement")
 DIAG_HEADERS = {
     "recall": "recall", "ndcg": "NDCG", "coverage": "coverage", "gini": "Gini", "overlap": "overlap",
@@ -43,7 +50,7 @@ DIAG_K = 10
 MAX_PROJECTED_ITEMS = 5000
 
 
-class ReportError(RuntimeError):
+class ReportError(UserError):
     """No runs to report, or a run record that cannot be read; the message names the file."""
 
 
@@ -51,7 +58,7 @@ class ReportError(RuntimeError):
 def load_runs(root: str | Path) -> list[dict[str, Any]]:
     """Every ``root/runs/*/run.json``, sorted by experiment then model seed."""
     runs_dir = Path(root) / "runs"
-    files = sorted(runs_dir.glob("*/run.json")) if runs_dir.is_dir() else []
+    files = sorted(runs_dir.glob(f"*/{RUN_FILE}")) if runs_dir.is_dir() else []
     if not files:
         raise ReportError(f"no run records under {str(runs_dir)!r}: run `twotower experiment run NAME --root {root}` first")
     runs = []
@@ -114,7 +121,7 @@ def reference_groups(primary: Mapping[str, Mapping[str, Any]]) -> list[dict[str,
     groups: dict[str, dict[str, Any]] = {}
     for exp, run in primary.items():
         rows = (run.get("metrics") or {}).get("rows", {})
-        refs = {name: rows[name] for name in REFERENCE_ROWS if name in rows}
+        refs = {name: rows[name] for name in REFERENCE_KINDS if name in rows}
         diag = (run.get("metrics") or {}).get("diagnostics") or {}
         sig = json.dumps({n: {m: v.get(m) for m in (*TABLE_METRICS, "rows_scored", "users_scored")} for n, v in refs.items()}, sort_keys=True)
         g = groups.setdefault(sig, {"experiments": [], "rows": refs, "diagnostics": {n: diag.get(n) for n in ("popularity", "random") if diag.get(n)}})
@@ -157,7 +164,7 @@ def tables(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     ref_rows = []
     for g in reference_groups(primary):
         label = ", ".join(short_name(e) for e in g["experiments"])
-        for name in REFERENCE_ROWS:
+        for name in REFERENCE_KINDS:
             if name in g["rows"]:
                 r = g["rows"][name]
                 ref_rows.append([name, label, *[_fmt(r.get(k)) for k in TABLE_METRICS]])
@@ -285,16 +292,13 @@ def plot_coverage(runs: Sequence[Mapping[str, Any]]) -> str | None:
 
 def item_projection(run: Mapping[str, Any], *, seed: int = 0) -> dict[str, Any] | None:
     """2-D PCA of the run's item embeddings with a KMeans cluster per item (see the module
-    docstring), or None when the model or feature folders are gone."""
-    import pyarrow.parquet as pq
-
-    model_emb = Path(run.get("model_dir", ""), "item_embeddings.parquet")
-    items_file = Path(run.get("features_dir", ""), "artifacts", "items.parquet")
-    if not model_emb.is_file():
+    docstring; the clusters are ``twotower_model.items.items_artifact``'s, as the evaluator's
+    diagnostics use them), or None when the model folder is gone."""
+    model_dir, features_dir = Path(run.get("model_dir", "")), Path(run.get("features_dir", ""))
+    if not (model_dir / ITEM_EMBEDDINGS_FILE).is_file():
         return None
-    t = pq.read_table(model_emb)
-    ids = np.asarray(t.column("item_id").to_pylist(), dtype=object)
-    emb = t.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(ids), -1)
+    ids, emb = read_item_embeddings(model_dir)
+    emb = emb.astype(np.float64)
     rng = np.random.default_rng(seed)
     if len(ids) > MAX_PROJECTED_ITEMS:
         keep = np.sort(rng.choice(len(ids), MAX_PROJECTED_ITEMS, replace=False))
@@ -304,29 +308,14 @@ def item_projection(run: Mapping[str, Any], *, seed: int = 0) -> dict[str, Any] 
     xy = centred @ vt[:2].T if vt.shape[0] >= 2 else np.c_[centred[:, :1], np.zeros(len(ids))]
     explained = (s[:2] ** 2).sum() / max((s ** 2).sum(), 1e-12)
     clusters, source = None, None
-    if items_file.is_file():
-        it = pq.read_table(items_file)
-        pos = {v: i for i, v in enumerate(it.column("item_id").to_pylist())}
-        idx = np.array([pos.get(i, -1) for i in ids])
-        known = idx >= 0
-        if "item_cluster" in it.column_names:
-            lab = it.column("item_cluster").to_numpy()
-            clusters = np.where(known, lab[np.maximum(idx, 0)], -1)
-            source = "features' KMeans item_cluster"
-        else:
-            cfg = run.get("config") or {}
-            col = f"{cfg.get('embeddings', {}).get('item_source', '')}_pca"
-            pcas = [c for c in it.column_names if c.endswith("_pca")]
-            col = col if col in pcas else (pcas[0] if pcas else None)
-            if col is not None and known.sum() >= 2:
-                from sklearn.cluster import KMeans
-
-                content = it.column(col).combine_chunks().values.to_numpy(zero_copy_only=False).reshape(it.num_rows, -1)
-                k = int(min(cfg.get("embeddings", {}).get("kmeans_k", 18), known.sum()))
-                km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(content[idx[known]])
-                clusters = np.full(len(ids), -1)
-                clusters[known] = km.labels_
-                source = f"KMeans(k={k}) on {col}, fitted for the report"
+    if (features_dir / FL.FEATURE_SPEC).is_file():
+        art = items_artifact(features_dir, ids, seed=seed)
+        if art.clusters is not None:
+            missing = np.array([isinstance(c, str) and c.startswith("__missing__") for c in art.clusters])
+            codes, _ = pd.factorize(np.where(missing, None, art.clusters), use_na_sentinel=True, sort=True)
+            clusters = np.where(missing, -1, codes)
+            source = ("features' KMeans item_cluster" if art.kmeans_k is None
+                      else f"KMeans(k={art.kmeans_k}) on {art.content_column}, fitted for the report")
     return {"xy": xy, "clusters": clusters, "cluster_source": source, "explained": float(explained), "items": len(ids)}
 
 

@@ -1,55 +1,44 @@
-"""TFRecord files of ``tf.train.Example`` protos, written from Spark without TensorFlow.
+"""``tf.train.Example`` protos serialised by hand from pyarrow batches, without TensorFlow.
 
-Three layers, each usable on its own:
+``encode_batch(batch, columns)`` serialises one ``tf.train.Example`` per row of a pyarrow
+``RecordBatch`` (or ``Table``) in the protobuf wire format::
 
-- ``encode_batch(batch, columns)`` serialises one ``tf.train.Example`` per row of a pyarrow
-  ``RecordBatch`` (or ``Table``) by hand, in the protobuf wire format::
+    Example  {1: Features {1: map<string, Feature> entry {1: key, 2: Feature}}}
+    Feature  {1: BytesList {1: repeated bytes} | 2: FloatList {1: packed float32}
+              | 3: Int64List {1: packed varint}}
 
-      Example  {1: Features {1: map<string, Feature> entry {1: key, 2: Feature}}}
-      Feature  {1: BytesList {1: repeated bytes} | 2: FloatList {1: packed float32}
-                | 3: Int64List {1: packed varint}}
-
-  The work is vectorised over the batch with numpy (key prefixes and length varints computed
-  once per column, float payloads converted with one ``astype('<f4')`` per batch); only the
-  final join of each record's two halves is a per-row step. The result is an
-  ``EncodedRecords`` (one buffer plus offsets), iterable as ``bytes``.
-- ``frame_records(records)`` frames serialised records as a TFRecord file body: per record a
-  uint64 LE length, the masked crc32c of those 8 bytes, the data, the masked crc32c of the data.
-- ``write_tfrecords(df, out_dir, columns, num_shards=...)`` writes a Spark DataFrame as
-  ``num_shards`` shard files through ``df.mapInArrow``, published atomically (see there).
+The work is vectorised over the batch with numpy (key prefixes and length varints computed once
+per column, each float column converted with one ``astype('<f4')``); the per-row steps are only
+slicing and joining each record's two halves (its variable-width and its fixed-width features).
+The result is an ``EncodedRecords`` (one buffer plus offsets), iterable as ``bytes``.
 
 Column mapping (a spec ``Column`` -> the Arrow types accepted, each row -> one Feature):
 
 ================  ==========  ===============================================================
 dtype             shape       Arrow column
 ================  ==========  ===============================================================
-``string``        ``()``      string / large_string / binary (and views, dictionaries of
-                              them); UTF-8 bytes are written as they are. **null -> empty
-                              string** (``b""``).
-``string``        ``(d,)``    list / large_list / fixed_size_list of the above, exactly d
-                              values per row; null elements -> empty string.
+``string``        ``()``      string / large_string / binary / large_binary / fixed_size_binary
+                              (and views, dictionaries of them); UTF-8 bytes are written as
+                              they are. **null -> empty string** (``b""``).
+``string``        ``(d,)``    list / large_list / fixed_size_list / list_view of the above,
+                              exactly d values per row; null elements -> empty string.
 ``float32``       ``()``      float16/32/64, integers, decimals; cast to float32
                               (round to nearest, as protobuf does). null -> error.
-``float32``       ``(d,)``    list / large_list / fixed_size_list of those, exactly d values
-                              per row. null list or null element -> error.
+``float32``       ``(d,)``    list / large_list / fixed_size_list / list_view of those, exactly
+                              d values per row. null list or null element -> error.
 ``int64``         ``()``      int8..int64, uint8..uint64 (> 2^63-1 -> error), bool (0/1),
                               timestamp (microseconds since the epoch, UTC). null -> error.
-``int64``         ``(d,)``    list / large_list / fixed_size_list of those, exactly d values.
+``int64``         ``(d,)``    list / large_list / fixed_size_list / list_view of those, exactly
+                              d values per row. null list or null element -> error.
 ================  ==========  ===============================================================
 
 A wrong vector length or a null where none is allowed raises ``TFRecordError`` naming the
 column, the row (index within the batch) and what was expected; columns of the batch that are
 not in ``columns`` are ignored. The order of the features inside a record is not the spec order
 (protobuf maps are unordered; variable-width features come first); parsers do not care.
-
-This module never imports TensorFlow: the Spark side must not need it.
 """
 from __future__ import annotations
 
-import json
-import os
-import posixpath
-import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -57,28 +46,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import google_crc32c
+from ..errors import UserError
+from ..spec import Column
 
-from . import faults
-from .spec import Column
-
-__all__ = [
-    "TFRecordError",
-    "EncodedRecords",
-    "encode_batch",
-    "frame_records",
-    "masked_crc32c",
-    "write_tfrecords",
-    "shard_name",
-    "check_columns_present",
-    "SUCCESS_FILE",
-]
-
-SUCCESS_FILE = "_SUCCESS"
-_crc32c_value = google_crc32c.value
+__all__ = ["TFRecordError", "EncodedRecords", "encode_batch", "check_columns_present"]
 
 
-class TFRecordError(ValueError):
+class TFRecordError(UserError, ValueError):
     """A column cannot be encoded as its feature spec says; the message names it."""
 
 
@@ -290,8 +264,7 @@ def _split_vector(col: Column, arr: pa.Array) -> tuple[pa.Array, int]:
     if pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
         arr = arr.cast(pa.large_list(t.value_type))
     if pa.types.is_fixed_size_list(t):
-        lens_ok = t.list_size == d
-        if not lens_ok:
+        if t.list_size != d:
             raise TFRecordError(f"column {col.name!r}: every row has {t.list_size} values, expected {d} (feature spec shape [{d}])")
     else:
         lens = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
@@ -460,12 +433,6 @@ class EncodedRecords:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def __getitem__(self, i: int) -> bytes:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"record index {i} out of range for {len(self)} records")
-        i %= len(self)
-        return self.data[int(self.offsets[i]) : int(self.offsets[i + 1])]
-
     def __iter__(self) -> Iterator[bytes]:
         d = self.data
         o = self.offsets.tolist()
@@ -474,17 +441,11 @@ class EncodedRecords:
     def to_list(self) -> list[bytes]:
         return list(self)
 
-    @property
-    def nbytes(self) -> int:
-        return len(self.data)
-
 
 def _column_array(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
     col = batch.column(name)
     if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        if isinstance(col, pa.ChunkedArray):  # pyarrow < 15 returned a ChunkedArray
-            col = pa.concat_arrays(col.chunks) if col.num_chunks else pa.array([], type=col.type)
+        col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
     return col
 
 
@@ -542,321 +503,3 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, columns: Sequence[Column]) ->
     return EncodedRecords(b"".join(pieces), offsets)
 
 
-# ---------------------------------------------------------------------------------------------
-# TFRecord framing
-# ---------------------------------------------------------------------------------------------
-def _crc32c_table() -> np.ndarray:
-    poly = 0x82F63B78
-    table = np.zeros(256, dtype=np.uint32)
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ poly if c & 1 else c >> 1
-        table[i] = c
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
-_MASK_DELTA = np.uint32(0xA282EAD8)
-
-
-def _mask(crc: np.ndarray) -> np.ndarray:
-    crc = crc.astype(np.uint32, copy=False)
-    return ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + _MASK_DELTA
-
-
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked crc32c of ``data``."""
-    crc = _crc32c_value(bytes(data))
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _crc32c_of_u64le(values: np.ndarray) -> np.ndarray:
-    """crc32c of each uint64 written as 8 little-endian bytes, vectorised (table-driven)."""
-    crc = np.full(values.shape, 0xFFFFFFFF, dtype=np.uint32)
-    for k in range(8):
-        b = ((values >> np.uint64(8 * k)) & np.uint64(0xFF)).astype(np.uint32)
-        crc = _CRC_TABLE[(crc ^ b) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
-    return crc ^ np.uint32(0xFFFFFFFF)
-
-
-def frame_records(records: EncodedRecords | Iterable[bytes]) -> bytes:
-    """The TFRecord file body for ``records`` (serialised protos, in order).
-
-    Per record: uint64 LE length, uint32 LE masked crc32c of the length bytes, the data,
-    uint32 LE masked crc32c of the data; mask(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8.
-    """
-    if isinstance(records, EncodedRecords):
-        data, offsets = records.data, records.offsets
-    else:
-        items = [bytes(r) for r in records]
-        data = b"".join(items)
-        offsets = np.zeros(len(items) + 1, dtype=np.int64)
-        np.cumsum([len(r) for r in items], out=offsets[1:])
-    n = len(offsets) - 1
-    if n == 0:
-        return b""
-    lengths = np.diff(offsets).astype(np.uint64)
-    o = offsets.tolist()
-    slices = [data[a:b] for a, b in zip(o[:-1], o[1:])]
-    data_crc = _mask(np.fromiter(map(_crc32c_value, slices), dtype=np.uint32, count=n))
-    # glue[i] = data crc of record i - 1 (4 bytes) + length and length crc of record i (12 bytes)
-    glue = np.zeros((n + 1, 16), dtype=np.uint8)
-    glue[1:, 0:4] = data_crc.astype("<u4").view(np.uint8).reshape(n, 4)
-    glue[:n, 4:12] = lengths.astype("<u8").view(np.uint8).reshape(n, 8)
-    glue[:n, 12:16] = _mask(_crc32c_of_u64le(lengths)).astype("<u4").view(np.uint8).reshape(n, 4)
-    g = glue.tobytes()
-    pieces: list[Any] = [None] * (2 * n + 1)
-    pieces[0] = g[4:16]
-    pieces[1::2] = slices
-    pieces[2:-1:2] = [g[a : a + 16] for a in range(16, 16 * n, 16)]
-    pieces[-1] = g[16 * n : 16 * n + 4]
-    return b"".join(pieces)
-
-
-# ---------------------------------------------------------------------------------------------
-# Spark writer
-# ---------------------------------------------------------------------------------------------
-def shard_name(partition: int, num_shards: int, prefix: str = "part") -> str:
-    return f"{prefix}-{partition:05d}-of-{num_shards:05d}.tfrecord"
-
-
-def _resolve(uri: str):
-    """(pyarrow FileSystem, path inside it, URI to hand to executors) for a path or URI."""
-    from pyarrow import fs as pafs
-
-    if "://" not in uri:
-        uri = os.path.abspath(uri)
-    filesystem, path = pafs.FileSystem.from_uri(uri)
-    return filesystem, path.rstrip("/") or "/", uri.rstrip("/")
-
-
-def _join_uri(uri: str, *parts: str) -> str:
-    return posixpath.join(uri, *parts)
-
-
-def _spark_type_ok(col: Column, dt) -> bool:
-    from pyspark.sql import types as T
-
-    if col.shape:
-        if not isinstance(dt, T.ArrayType):
-            return False
-        dt = dt.elementType
-    if col.dtype == "string":
-        return isinstance(dt, (T.StringType, T.BinaryType))
-    if col.dtype == "float32":
-        return isinstance(dt, (T.FloatType, T.DoubleType, T.DecimalType, T.ByteType, T.ShortType, T.IntegerType, T.LongType))
-    return isinstance(dt, (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.BooleanType, T.TimestampType, T.TimestampNTZType))
-
-
-_RESULT_SCHEMA = pa.schema(
-    [
-        ("partition", pa.int32()),
-        ("attempt", pa.int64()),
-        ("path", pa.string()),
-        ("rows", pa.int64()),
-        ("bytes", pa.int64()),
-    ]
-)
-_RESULT_DDL = "partition int, attempt long, path string, rows long, bytes long"
-
-
-def _shard_writer(staging_uri: str, columns: list[Column]):
-    """The mapInArrow function: encode the task's batches and stream them to one staging file."""
-
-    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyarrow import fs as pafs
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        partition, attempt = ctx.partitionId(), ctx.taskAttemptId()
-        filesystem, staging = pafs.FileSystem.from_uri(staging_uri)
-        path = f"{staging.rstrip('/')}/part-{partition}-attempt-{attempt}.tfrecord"
-        rows = nbytes = 0
-        try:
-            with filesystem.open_output_stream(path) as out:
-                for batch in batches:
-                    if batch.num_rows == 0:
-                        continue
-                    body = frame_records(encode_batch(batch, columns))
-                    out.write(body)
-                    rows += batch.num_rows
-                    nbytes += len(body)
-        except BaseException:
-            try:
-                filesystem.delete_file(path)
-            except OSError:
-                pass
-            raise
-        yield pa.RecordBatch.from_pylist(
-            [{"partition": partition, "attempt": attempt, "path": _join_uri(staging_uri, posixpath.basename(path)), "rows": rows, "bytes": nbytes}],
-            schema=_RESULT_SCHEMA,
-        )
-
-    return write
-
-
-def _siblings(filesystem, path: str, marker: str) -> list[str]:
-    from pyarrow import fs as pafs
-
-    parent, base = posixpath.split(path)
-    infos = filesystem.get_file_info(pafs.FileSelector(parent or "/", allow_not_found=True))
-    return sorted(i.path for i in infos if posixpath.basename(i.path).startswith(f"{base}{marker}") and i.type == pafs.FileType.Directory)
-
-
-def _exists(filesystem, path: str) -> bool:
-    from pyarrow import fs as pafs
-
-    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def _recover_and_clean(filesystem, path: str) -> None:
-    """Undo what a killed run left: restore a previous output moved aside, drop tmp folders."""
-    olds = _siblings(filesystem, path, ".old-")
-    if not _exists(filesystem, path):
-        # killed between "move old away" and "move new in": the old output is still whole
-        complete = [o for o in olds if _exists(filesystem, posixpath.join(o, SUCCESS_FILE))]
-        if complete:
-            filesystem.move(complete[-1], path)
-            olds.remove(complete[-1])
-    for p in olds + _siblings(filesystem, path, ".tmp-"):
-        filesystem.delete_dir(p)
-
-
-def write_tfrecords(
-    df,
-    out_dir: str,
-    columns: Sequence[Column],
-    *,
-    num_shards: int,
-    prefix: str = "part",
-    partition_by: Sequence[str] | None = None,
-    sort_by: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Write ``df`` as ``num_shards`` TFRecord files of ``tf.train.Example`` into ``out_dir``.
-
-    ``out_dir`` is a local path or a URI that ``pyarrow.fs`` understands (``hdfs://``,
-    ``s3://``, ...); on a cluster it must be storage that every executor and the driver see.
-    ``df`` must hold every column of ``columns`` (extra columns are dropped first). Rows are
-    spread over the shards round-robin, or with ``partition_by`` by a hash of those columns (all
-    rows of a key in one shard, e.g. a user's impressions). With ``sort_by`` (columns that are a
-    unique key) rows go to shards by a hash of the key and are sorted by it within each shard, so
-    the files are the same, byte for byte, on every run. Each Spark task encodes its Arrow
-    batches and streams them into a staging file; the driver then names the shards
-    ``<prefix>-00000-of-00004.tfrecord`` (empty shards are written too, so the count is stable),
-    writes ``_SUCCESS`` (JSON: rows, shards, bytes, rows per shard) and publishes.
-
-    Publication is atomic for readers: everything is written into a fresh sibling folder
-    ``<out_dir>.tmp-<uuid>``, then the previous output is renamed to ``<out_dir>.old-<uuid>``,
-    the new folder renamed to ``out_dir`` and the old one deleted. A failed run deletes its tmp
-    folder and leaves the previous output as it was; a run killed outright leaves siblings that
-    the next run cleans (restoring the previous output if it was killed between the two
-    renames). Between the two renames ``out_dir`` is briefly absent, never partial. One writer
-    per ``out_dir`` at a time. The swap renames folders, which local disks and HDFS do; on an
-    object store without folder rename (S3 may be one; not tested) the swap step fails, the tmp
-    folder is removed and the previous output stays.
-
-    Staging files are named ``part-<partition>-attempt-<task attempt id>.tfrecord`` (Spark's
-    app-wide unique task attempt id, so retried or speculative attempts never share a file); the
-    driver publishes the one attempt per partition that Spark reports as successful.
-
-    Returns ``{"rows", "shards", "bytes", "paths"}`` (paths of the published shards, in order).
-    """
-    if not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards < 1:
-        raise ValueError(f"num_shards must be an integer >= 1, got {num_shards!r}")
-    if not isinstance(prefix, str) or not prefix or "/" in prefix:
-        raise ValueError(f"prefix must be a non-empty file name prefix without '/', got {prefix!r}")
-    columns = list(columns)
-    if not columns:
-        raise TFRecordError("columns must name at least one feature spec column")
-    check_columns_present(df.columns, columns, what="the DataFrame")
-    schema = {f.name: f.dataType for f in df.schema.fields}
-    for col in columns:
-        if not _spark_type_ok(col, schema[col.name]):
-            raise TFRecordError(
-                f"column {col.name!r} has Spark type {schema[col.name].simpleString()}, which cannot be written as "
-                f"feature spec dtype {col.dtype} shape {list(col.shape)}"
-            )
-    part_cols = list(partition_by or [])
-    missing = [c for c in part_cols if c not in df.columns]
-    if missing:
-        raise ValueError(f"partition_by column(s) {missing} are not in the DataFrame")
-
-    filesystem, path, uri = _resolve(out_dir)
-    _recover_and_clean(filesystem, path)
-    run = uuid.uuid4().hex
-    tmp_path, tmp_uri = f"{path}.tmp-{run}", f"{uri}.tmp-{run}"
-    staging_path = posixpath.join(tmp_path, f"_staging-{run}")
-    staging_uri = _join_uri(tmp_uri, f"_staging-{run}")
-    old_path = f"{path}.old-{run}"
-    filesystem.create_dir(staging_path, recursive=True)
-    try:
-        from pyspark.sql import functions as F
-
-        def quoted(name: str):
-            return F.col("`" + name.replace("`", "``") + "`")
-
-        names = [c.name for c in columns]
-        keep = names + [c for c in dict.fromkeys([*part_cols, *(sort_by or ())]) if c not in names]
-        selected = df.select(*map(quoted, keep))
-        if part_cols or sort_by:
-            # hash partitioning is a function of the row, so every run puts a row in the same shard
-            selected = selected.repartition(num_shards, *map(quoted, part_cols or sort_by))
-        else:
-            selected = selected.repartition(num_shards)
-        if sort_by:
-            selected = selected.sortWithinPartitions(*map(quoted, sort_by))
-        selected = selected.select(*map(quoted, names))
-        results = selected.mapInArrow(_shard_writer(staging_uri, columns), _RESULT_DDL).collect()
-
-        by_partition: dict[int, Any] = {}
-        for r in results:
-            by_partition.setdefault(int(r["partition"]), r)
-        shard_rows: list[int] = []
-        paths: list[str] = []
-        total_bytes = 0
-        for p in range(num_shards):
-            name = shard_name(p, num_shards, prefix)
-            dest = posixpath.join(tmp_path, name)
-            r = by_partition.get(p)
-            if r is None:  # Spark ran no task for an empty partition: the shard is empty
-                with filesystem.open_output_stream(dest):
-                    pass
-                shard_rows.append(0)
-            else:
-                _, src = _resolve_path(r["path"])
-                filesystem.move(src, dest)
-                shard_rows.append(int(r["rows"]))
-                total_bytes += int(r["bytes"])
-            paths.append(_join_uri(uri, name))
-        rows = sum(shard_rows)
-        filesystem.delete_dir(staging_path)
-        with filesystem.open_output_stream(posixpath.join(tmp_path, SUCCESS_FILE)) as f:
-            f.write(json.dumps({"rows": rows, "shards": num_shards, "bytes": total_bytes, "shard_rows": shard_rows}).encode())
-
-        faults.driver_checkpoint("kill_driver_before_tfrecord_commit", posixpath.basename(path))  # tests only
-        had_old = _exists(filesystem, path)
-        if had_old:
-            filesystem.move(path, old_path)
-        filesystem.move(tmp_path, path)
-    except BaseException:
-        try:
-            if _exists(filesystem, tmp_path):
-                filesystem.delete_dir(tmp_path)
-            if _exists(filesystem, old_path) and not _exists(filesystem, path):
-                filesystem.move(old_path, path)  # the swap failed half-way: put the previous output back
-        except OSError:
-            pass
-        raise
-    if had_old:
-        try:
-            filesystem.delete_dir(old_path)
-        except OSError:
-            pass  # published already; the next run deletes the leftover
-    return {"rows": rows, "shards": num_shards, "bytes": total_bytes, "paths": paths}
-
-
-def _resolve_path(uri: str):
-    from pyarrow import fs as pafs
-
-    return pafs.FileSystem.from_uri(uri)

@@ -1,0 +1,72 @@
+"""Reading the features folder's TFRecords (``data.py``) on the tiny features folder."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from twotower_features.spec import FeatureSpec  # noqa: E402
+from twotower_model import data as tdata  # noqa: E402
+
+
+def test_feature_description_follows_spec(feat):
+    root, _ = feat
+    desc = tdata.feature_description(FeatureSpec.load(root), ["user_id", "user_vec", "hist_len"])
+    assert desc == {
+        "user_id": tf.io.FixedLenFeature([], tf.string),
+        "user_vec": tf.io.FixedLenFeature([4], tf.float32),
+        "hist_len": tf.io.FixedLenFeature([], tf.int64),
+    }
+
+
+def test_dataset_yields_written_values_exactly(feat):
+    root, written = feat
+    spec = FeatureSpec.load(root)
+    batches = list(tdata.make_dataset(root, "train", spec, batch_size=7, shuffle=False, seed=0))
+    assert len(batches) == math.ceil(600 / 7)
+    for name, expected in written["train"].items():
+        got = np.concatenate([b[name].numpy() for b in batches])
+        if expected.dtype == object:
+            got = np.array([x.decode() for x in got], dtype=object)
+            assert got.tolist() == expected.tolist(), name
+        else:
+            assert got.dtype == expected.dtype, name
+            np.testing.assert_array_equal(got, expected, err_msg=name)
+
+
+def test_catalog_split_holds_item_columns_only(feat):
+    root, written = feat
+    spec = FeatureSpec.load(root)
+    assert tdata.split_columns(spec, "catalog") == ["item_id", "item_emb"]
+    (batch,) = list(tdata.make_dataset(root, "catalog", spec, batch_size=100, shuffle=False, seed=0))
+    assert sorted(batch) == ["item_emb", "item_id"]
+    np.testing.assert_array_equal(batch["item_emb"].numpy(), written["catalog"]["item_emb"])
+
+
+def test_shuffled_dataset_is_a_permutation_and_reproducible(feat):
+    root, written = feat
+    spec = FeatureSpec.load(root)
+
+    def order():
+        ds = tdata.make_dataset(root, "train", spec, batch_size=50, shuffle=True, seed=5, columns=["event_ts"], deterministic=True)
+        return np.concatenate([b["event_ts"].numpy() for b in ds])
+
+    first, second = order(), order()
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, written["train"]["event_ts"])
+    np.testing.assert_array_equal(np.sort(first), np.sort(written["train"]["event_ts"]))
+
+
+def test_unknown_split_is_named(feat):
+    root, _ = feat
+    with pytest.raises(ValueError, match="'test'.*expected one of"):
+        tdata.make_dataset(root, "test", FeatureSpec.load(root), batch_size=8, shuffle=False, seed=0)
+
+
+def test_asking_catalog_for_a_label_is_named(feat):
+    root, _ = feat
+    with pytest.raises(ValueError, match=r"'catalog' records do not hold column\(s\) \['label'\]"):
+        tdata.make_dataset(root, "catalog", FeatureSpec.load(root), batch_size=8, shuffle=False, seed=0, columns=["item_id", "label"])

@@ -1,0 +1,114 @@
+"""The stage table: one record per feature stage, the one place that says what it runs, reads
+and writes. The CLI's stage commands, experiment stage reuse (``experiment.py``) and nightly
+stage skipping (``nightly.py``) all read it, and stage keys are computed from it
+(``fingerprints.py``).
+
+A stage's record names:
+
+- ``runner``: ``run_<stage>(spark, cfg, input_dir, output_dir, log) -> StageReport``;
+- ``sections``: the config sections it reads itself;
+- ``derived``: what it reads from other sections, as the pipeline reads it (a function of the
+  config), so that two configs whose differences the stage never reads share its output;
+- ``inputs``: the input tables it reads (their fingerprints enter its key);
+- ``outputs``: what it writes under the features folder (``twotower_features.layout``).
+
+Stages run in table order and each reads what the ones before it wrote, so a stage's key chains
+the key of the stage before it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from twotower_features import columns as C
+from twotower_features import layout as L
+from twotower_features import pipeline
+from twotower_features.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from twotower_features.report import StageReport
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    runner: Callable[..., Any]
+    sections: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    derived: Callable[[ExperimentConfig], dict[str, Any]] = lambda cfg: {}
+
+
+def _prepare_derived(cfg: ExperimentConfig) -> dict[str, Any]:
+    # items whose embeddings hold NaN are quarantined, for the sources the experiment needs
+    return {"needed_sources": pipeline.needed_sources(cfg)}
+
+
+def _embeddings_derived(cfg: ExperimentConfig) -> dict[str, Any]:
+    aggs = set(cfg.history.aggregations)
+    return {
+        "needed_sources": pipeline.needed_sources(cfg),
+        "clusters": "clusters" in aggs,
+        "history_matrix_source": cfg.history.source if aggs & {"mean", "concat"} else None,
+    }
+
+
+def _examples_derived(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {"item_emb": C.ITEM_EMB in cfg.features.item}
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "prepare", "Stages 1-4: validate and quarantine, window and split, item and client filters, label, weight.",
+        pipeline.run_prepare, ("window", "filters", "label", "weight", "quality"), (C.INTERACTIONS, C.ITEMS),
+        (L.FILTERED, L.QUARANTINE, L.ITEM_AVG_TIME_SPENT, L.ITEM_FILTER, L.CLIENT_FILTER, L.report("prepare")),
+        _prepare_derived,
+    ),
+    Stage(
+        "embeddings", "Stage 7: PCA-compressed content embeddings and KMeans clusters, fitted on train items.",
+        pipeline.run_embeddings, ("embeddings",), (C.ITEMS,),
+        (L.EMBEDDINGS, L.ITEMS, L.HISTORY_MATRIX, L.report("embeddings")),
+        _embeddings_derived,
+    ),
+    Stage(
+        "examples", "Stages 5, 6, 8: user sampling, point-in-time histories, rebalancing, statistics, tower features.",
+        pipeline.run_examples, ("sampling", "history", "stats"), (C.USERS, *C.STATS_TABLES),
+        (L.EXAMPLES, L.NORMALISATION, L.report("examples")),
+        _examples_derived,
+    ),
+    Stage(
+        "tfrecords", "Stage 9: vocabularies, feature_spec.json, sharded TFRecords and the manifest.",
+        pipeline.run_tfrecords, ("features", "output", "stats"), ("item_stats", "creator_stats"),
+        (L.VOCAB, L.TFRECORDS, L.ITEM_FREQUENCY, L.FEATURE_SPEC, L.MANIFEST, L.report("tfrecords")),
+    ),
+)
+BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+def select(names: tuple[str, ...] | list[str]) -> tuple[Stage, ...]:
+    """The named stages, in table order; unknown names raise ValueError naming them."""
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; expected some of {list(NAMES)}")
+    return tuple(s for s in STAGES if s.name in names)
+
+
+def through(last: str) -> tuple[Stage, ...]:
+    """The stages from the first through ``last``."""
+    return STAGES[: NAMES.index(select([last])[0].name) + 1]
+
+
+def run(
+    spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, *,
+    stages: tuple[str, ...] | list[str] = NAMES, log: Callable[[str], None] = print,
+) -> dict[str, StageReport]:
+    """Run the named stages in table order in one session; their reports by stage name."""
+    reports = {}
+    for stage in select(stages):
+        log(f"== stage {stage.name}")
+        reports[stage.name] = stage.runner(spark, cfg, input_dir, out, log)
+    return reports

@@ -1,0 +1,35 @@
+"""The layout of a model folder (``train``) and of an evaluation folder (``evaluate``): one name
+per file or folder. No TensorFlow here, so the orchestration and the report can name the files
+without loading it.
+
+A model folder holds:
+
+- ``user_tower/``, ``item_tower/``: SavedModels, each with a ``serving_default`` signature that
+  takes the tower's raw feature tensors (``[batch, *shape]``; strings for ids) by column name
+  and returns ``{"embedding": [batch, output_dim]}``. The model's logit is exactly
+  ``dot(user embedding, item embedding)`` (the head is folded into the towers, see
+  ``model.py``); written by ``export.save_model``, read by ``export.load_towers``;
+- ``model.keras``: the whole Keras model (towers, head, task), for ``export.load_model``;
+- ``item_embeddings.parquet``: ``item_id`` (string), ``embedding`` (list<float>), one row per
+  catalog item; written by ``predict.write_item_embeddings``, read by ``items.read_item_embeddings``;
+- ``resolved_model_config.json``: the ``ModelConfig`` with every default filled in;
+- ``train_report.json``: examples, examples/s, epochs, losses, wall time, optimiser.
+
+An evaluation folder holds ``predictions.parquet`` (``predict`` of the validation split) and
+``metrics.json`` (see ``evaluate.py``).
+"""
+from __future__ import annotations
+
+# model folder
+USER_TOWER_DIR = "user_tower"
+ITEM_TOWER_DIR = "item_tower"
+MODEL_FILE = "model.keras"
+ITEM_EMBEDDINGS_FILE = "item_embeddings.parquet"
+CONFIG_FILE = "resolved_model_config.json"
+REPORT_FILE = "train_report.json"
+# the exported towers' output key, and the vector column of item_embeddings.parquet
+EMBEDDING = "embedding"
+
+# evaluation folder
+PREDICTIONS_FILE = "predictions.parquet"
+METRICS_FILE = "metrics.json"

@@ -1,0 +1,123 @@
+"""The tasks: what the two-tower model is trained to minimise, given a batch and its outputs.
+
+As in tensorflow/recommenders, the task holds the loss: ``TwoTowerModel.compute_loss`` hands
+it the batch (``features``, which holds the label, weight and item id columns) and the model's
+outputs (``outputs``: ``QUERY``, ``CANDIDATE`` and ``SCORE``, the logit ``dot(query, candidate)``).
+
+- ``BinaryTask``: sample-weighted binary cross-entropy on the logit, the weighted mean
+  ``sum(w * bce) / sum(w)``;
+- ``InBatchSoftmaxTask``: in-batch sampled softmax over the batch's items with the positives as
+  queries and the logQ correction of Yi et al., RecSys 2019.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from .metrics import SCORE
+
+# the model's outputs besides SCORE (see model.py)
+QUERY = "query"
+CANDIDATE = "candidate"
+
+
+@keras.saving.register_keras_serializable(package="twotower")
+class BinaryTask(keras.layers.Layer):
+    """Sample-weighted binary cross-entropy on the logit: ``sum(w * bce) / sum(w)``."""
+
+    def __init__(self, label: str = "label", weight: str | None = "weight", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.label = label
+        self.weight = weight
+
+    def call(self, features: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
+        logits = outputs[SCORE]
+        labels = ops.cast(ops.reshape(features[self.label], (-1,)), logits.dtype)
+        per_row = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+        w = _weights(features, self.weight, labels)
+        return tf.math.divide_no_nan(ops.sum(per_row * w), ops.sum(w))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "label": self.label, "weight": self.weight}
+
+
+@keras.saving.register_keras_serializable(package="twotower")
+class InBatchSoftmaxTask(keras.layers.Layer):
+    """In-batch sampled softmax with logQ correction (Yi et al., RecSys 2019).
+
+    The queries are the batch's positive rows (label > 0); the candidates are the items of all
+    rows of the batch; row i's positive is column i. Each logit is corrected by
+    ``- log(q_item)``, ``q_item`` the item's share of the train-window interactions
+    (``item_counts``; an item not counted gets a count of 1). Candidates with the same item id
+    as the query's positive ("accidental hits") are masked out. Per-query losses are averaged
+    with the queries' sample weights. A batch without a positive has loss 0.
+    """
+
+    def __init__(
+        self,
+        label: str = "label",
+        weight: str | None = "weight",
+        item_key: str = "item_id",
+        item_counts: Mapping[str, float] | None = None,
+        remove_accidental_hits: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.label = label
+        self.weight = weight
+        self.item_key = item_key
+        self.remove_accidental_hits = bool(remove_accidental_hits)
+        self.item_counts = {str(k): float(v) for k, v in (item_counts or {}).items()}
+        bad = [k for k, v in self.item_counts.items() if not (v >= 0 and math.isfinite(v))]
+        if bad:
+            raise ValueError(f"item_counts must be finite numbers >= 0; bad items: {bad[:5]}")
+        self._log_q = None
+        if self.item_counts:
+            total = sum(max(c, 1.0) for c in self.item_counts.values())
+            keys = tf.constant(list(self.item_counts), tf.string)
+            values = tf.constant([math.log(max(c, 1.0) / total) for c in self.item_counts.values()], tf.float32)
+            self._log_q = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(keys, values), default_value=math.log(1.0 / total)
+            )
+
+    @property
+    def logq_correction(self) -> bool:
+        return self._log_q is not None
+
+    def call(self, features: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
+        query, candidate = outputs[QUERY], outputs[CANDIDATE]
+        item_ids = ops.reshape(features[self.item_key], (-1,))
+        labels = ops.cast(ops.reshape(features[self.label], (-1,)), query.dtype)
+        positive = labels > 0
+        logits = ops.matmul(query, ops.transpose(candidate))  # [queries=batch, candidates=batch]
+        if self._log_q is not None:
+            logits = logits - self._log_q.lookup(item_ids)[None, :]
+        n = ops.shape(logits)[0]
+        eye = ops.eye(n, dtype="bool")
+        if self.remove_accidental_hits:
+            same = ops.equal(item_ids[:, None], item_ids[None, :])
+            logits = ops.where(ops.logical_and(same, ops.logical_not(eye)), -1e9, logits)
+        per_row = tf.nn.softmax_cross_entropy_with_logits(labels=ops.cast(eye, logits.dtype), logits=logits)
+        w = _weights(features, self.weight, labels) * ops.cast(positive, logits.dtype)
+        return tf.math.divide_no_nan(ops.sum(per_row * w), ops.sum(w))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "label": self.label,
+            "weight": self.weight,
+            "item_key": self.item_key,
+            "item_counts": self.item_counts,
+            "remove_accidental_hits": self.remove_accidental_hits,
+        }
+
+
+def _weights(features: Mapping[str, Any], name: str | None, labels: Any) -> Any:
+    """The batch's sample weights as a float vector like ``labels`` (ones when ``name`` is None)."""
+    if name is None:
+        return ops.ones_like(labels)
+    return ops.cast(ops.reshape(features[name], (-1,)), labels.dtype)
