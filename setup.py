@@ -20,7 +20,7 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["twotower", "twotower.*", "twotower_features*", "twotower_model*"]),
     py_modules=[],
-    package_data={"twotower": ["experiments/*.toml"]},
+    package_data={"twotower": ["experiments/*.toml"], "twotower_features": ["log4j2.properties"]},
     install_requires=SPARK + CORE,
     extras_require={
         # The trainer runs on CPU or GPU. `tensorflow` on a GPU box, `tensorflow-cpu` elsewhere.

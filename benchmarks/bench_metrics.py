@@ -29,7 +29,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from twotower_model.diagnostics import neighbourhood_agreements, topk_from_embeddings, topk_lists_report
+from twotower_model.diagnostics import (
+    neighbourhood_agreements,
+    topk_from_embeddings,
+    topk_lists_report,
+)
 from twotower_model.metrics import _per_user, compute_metrics
 
 
@@ -129,7 +133,7 @@ def main() -> None:
     print(f"sklearn AUC + MAP over all rows   : {t_global:7.3f} s (in both evaluators)")
     print(f"speed-up, per-user metrics        : {extrapolated / t_per_user:7.1f}x")
     print(f"speed-up, all six metrics         : {loop_whole / t_all:7.1f}x (loop + the same AUC/MAP: {loop_whole:.3f} s)")
-    print(f"metrics: " + ", ".join(f"{k}={full[k]:.4f}" for k in ("auc", "map", "ndcg@5", "ndcg@10", "mrr", "cust_map@10")))
+    print("metrics: " + ", ".join(f"{k}={full[k]:.4f}" for k in ("auc", "map", "ndcg@5", "ndcg@10", "mrr", "cust_map@10")))
     result = {
         "rows": args.rows, "users": n_users, "repeats": args.repeats, "loop_users": int(len(sample_users)),
         "compute_metrics_s": t_all, "compute_metrics_string_ids_s": t_str, "per_user_s": t_per_user,

@@ -343,9 +343,9 @@ def check_history_equal(b: Bench, sample: str) -> dict[str, Any]:
     """Ours (with id lists), the naive window (with id lists) and DuckDB on the sample users:
     the same lists, lengths and cluster distributions, or the bench fails."""
     import numpy as np
+    from baselines import duckdb_history_sql, naive_spark_histories
     from pyspark.sql import functions as F
 
-    from baselines import duckdb_history_sql, naive_spark_histories
     from twotower_features.history import compute_histories
 
     ev = b.spark.read.parquet(sample)
@@ -389,9 +389,13 @@ def check_history_equal(b: Bench, sample: str) -> dict[str, Any]:
 
 
 def compare(b: Bench, cfg, paths: dict[str, str], runs: int, expected_filtered_rows: int) -> dict[str, Any]:
+    from baselines import (
+        duckdb_filter_sql,
+        duckdb_history_checksum_sql,
+        naive_spark_histories,
+    )
     from pyspark.sql import functions as F
 
-    from baselines import duckdb_filter_sql, duckdb_history_checksum_sql, naive_spark_histories
     from twotower_features import filters as flt
     from twotower_features.history import compute_histories
 

@@ -11,10 +11,10 @@ import pytest
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
+from twotower.stages import run as run_features
 from twotower_features import columns as C
 from twotower_features.config import ExperimentConfig
 from twotower_features.generate import generate
-from twotower.stages import run as run_features
 from twotower_features.pipeline import run_examples
 from twotower_features.spec import FeatureSpec
 
@@ -258,3 +258,51 @@ def test_validation_day_rows_do_not_move_any_fitted_statistic(spark, built, tmp_
     assert ta.exceptAll(tb).count() == 0 and tb.exceptAll(ta).count() == 0
     va, vb = split(out, "validation"), split(out_b, "validation")
     assert vb.count() > va.count()  # the perturbed validation day did reach the validation examples
+
+
+def test_failed_reruns_leave_the_features_folder_byte_identical(spark, built, tmp_path, monkeypatch):
+    """Five different failures, each a rerun of `features` (the production entry, stages.run) into
+    a good features folder: the folder's every file is identical afterwards, nothing is left
+    beside it but its lock, and the reason is named."""
+    import dataclasses
+    import shutil
+
+    from tests.twotower.test_staging import tree_digest
+    from twotower_features.errors import UserError
+    from twotower_features.tfrecord import writer
+
+    root, out, cfg, _ = built
+    good = shutil.copytree(out, tmp_path / "features")
+    before = tree_digest(good)
+    data = root / "data"
+    broken_stats = tmp_path / "broken-stats"
+    shutil.copytree(data, broken_stats)
+    shutil.rmtree(broken_stats / "user_stats")
+    spark.createDataFrame([("u", dt.date(2026, 7, 1), "x")], "user_id string, dt date, ctr string").write.parquet(str(broken_stats / "user_stats"))
+
+    def replace(**sections):
+        return dataclasses.replace(cfg, **{k: dataclasses.replace(getattr(cfg, k), **v) for k, v in sections.items()})
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    failures = [
+        # prepare: the label rule gives one class only
+        (replace(label={"rule": "fraction_watched < 0"}), data, r"makes every one of the .* train rows negative", None),
+        # prepare: nothing in the window
+        (replace(window={"validation_date": dt.date(2030, 1, 1)}), data, r"no interactions between 2029-12-25 and 2030-01-01", None),
+        # embeddings, after prepare succeeded in the staging folder: PCA wider than the embeddings
+        (replace(embeddings={"pca_components": 30}), data, r"embeddings.pca_components=30 needs at least", None),
+        # examples: a statistics table breaks the contract
+        (cfg, broken_stats, r"'ctr' must be double, got string", None),
+        # tfrecords: the disk fills up while the shards are written (not a user error: a bug-like failure)
+        (cfg, data, r"No space left on device", disk_full),
+    ]
+    for bad_cfg, inputs, message, fault in failures:
+        with monkeypatch.context() as m:
+            if fault is not None:
+                m.setattr(writer, "write_tfrecords", fault)
+            with pytest.raises((UserError, OSError), match=message):
+                run_features(spark, bad_cfg, str(inputs), str(good), log=lambda s: None)
+        assert tree_digest(good) == before, message
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".features")) == [".features.lock"]

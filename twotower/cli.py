@@ -7,6 +7,7 @@ commands (and `spark-submit jobs/<stage>.py`) never load it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -15,15 +16,19 @@ from pathlib import Path
 
 import click
 
+from twotower_features import columns as C
 from twotower_features import layout as L
 from twotower_features.config import ConfigError, ExperimentConfig
+from twotower_features.errors import UserError
 
 from . import stages as S
+from .lock import LockBusy
+from .staging import check_output
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 
 
-def load_config(value: str) -> ExperimentConfig:
+def load_config(value: str, param_hint: str = "--config") -> ExperimentConfig:
     """A config file path, or the name of a config in the package's experiments folder."""
     p = Path(value)
     if not p.is_file():
@@ -32,28 +37,96 @@ def load_config(value: str) -> ExperimentConfig:
             p = candidate
         else:
             names = sorted(x.stem for x in EXPERIMENTS_DIR.glob("*.toml"))
-            raise click.BadParameter(f"{value!r} is neither a file nor a known experiment {names}", param_hint="--config")
+            raise click.BadParameter(f"{value!r} is neither a file nor a known experiment {names}", param_hint=param_hint)
     try:
         return ExperimentConfig.from_file(p)
     except ConfigError as e:
-        raise click.BadParameter(str(e), param_hint="--config") from None
+        raise click.BadParameter(str(e), param_hint=param_hint) from None
 
 
 def _spark(ctx: click.Context, app: str):
-    from twotower_features.session import build_session, parse_conf
+    from twotower_features.session import (
+        SessionError,
+        build_session,
+        check_options,
+        parse_conf,
+    )
 
     opts = ctx.find_root().params
     try:
         conf = parse_conf(opts.get("conf") or ())
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--conf") from None
+    try:
+        check_options(master=opts.get("master"), conf=conf)
+    except SessionError as e:
+        raise click.UsageError(str(e)) from None
     return build_session(app, master=opts.get("master"), conf=conf)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _check_generate(**params) -> None:
+    """The generator's options, checked before a session starts (messages name the option)."""
+    from twotower_features.generate import GenerateError, check_params
+
+    try:
+        check_params(**params)
+    except GenerateError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@contextlib.contextmanager
+def _lazy_spark(ctx: click.Context, app: str):
+    """A factory that starts the session on first call (after the checks and locks that need
+    none), stopped on exit."""
+    started = []
+
+    def factory():
+        if not started:
+            started.append(_spark(ctx, app))
+        return started[0]
+
+    try:
+        yield factory
+    finally:
+        if started:
+            started[0].stop()
+
+
+def _saved_config(features_dir: str) -> ExperimentConfig:
+    path = Path(features_dir, L.RESOLVED_CONFIG)
+    if not path.is_file():
+        raise UserError(f"{features_dir} has no {L.RESOLVED_CONFIG}: it is not the output of `twotower features`, or give --config")
+    try:
+        return ExperimentConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, ConfigError) as e:
+        raise UserError(f"{path} is not a valid saved config ({e}): rerun `twotower features`, or give --config") from None
+
+
+class _Busy(click.ClickException):
+    exit_code = 75  # EX_TEMPFAIL: another run holds the lock; retry later
+
+
+class _Main(click.Group):
+    """Turns a user's mistake (``UserError``: the message names the table, column, key or path
+    and the fix) into that message and exit status 1 (75 for a busy lock); anything else is a
+    bug and keeps its traceback. ``--debug`` keeps the traceback of every error."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            if ctx.params.get("debug"):
+                raise
+            if isinstance(e, LockBusy):
+                raise _Busy(str(e)) from None
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--master", default=None, help="Spark master (default: local[*], or what spark-submit gives).")
 @click.option("--conf", multiple=True, metavar="KEY=VALUE", help="Extra Spark setting; repeatable.")
-def main(master: str | None, conf: tuple[str, ...]) -> None:
+@click.option("--debug", is_flag=True, help="Show the Python traceback of every error, the user's mistakes too.")
+def main(master: str | None, conf: tuple[str, ...], debug: bool) -> None:
     """Feature jobs, trainer and evaluator for two-tower recommenders."""
 
 
@@ -70,18 +143,15 @@ def main(master: str | None, conf: tuple[str, ...]) -> None:
 @click.pass_context
 def generate(ctx, out, users, items, days, start, seed, embedding_dim, bad_row_share):
     """Synthetic input tables with a known latent preference structure."""
-    from twotower_features.generate import GenerateError
     from twotower_features.generate import generate as run
 
     try:
         start_date = _dt.date.fromisoformat(start)
     except ValueError:
         raise click.BadParameter(f"expected YYYY-MM-DD, got {start!r}", param_hint="--start") from None
+    _check_generate(users=users, items=items, days=days, seed=seed, embedding_dim=embedding_dim, bad_row_share=bad_row_share)
     spark = _spark(ctx, "twotower-generate")
-    try:
-        report = run(spark, out, users=users, items=items, days=days, start=start_date, seed=seed, embedding_dim=embedding_dim, bad_row_share=bad_row_share)
-    except GenerateError as e:
-        raise click.BadParameter(str(e)) from None
+    report = run(spark, out, users=users, items=items, days=days, start=start_date, seed=seed, embedding_dim=embedding_dim, bad_row_share=bad_row_share)
     click.echo(json.dumps(report.get("rows", report), indent=2, default=str))
 
 
@@ -91,17 +161,15 @@ def _feature_command(name: str, stages: tuple[str, ...], doc: str):
     @click.option("--config", "config", required=True, help="Experiment config file (TOML) or catalog name.")
     @click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Folder with the input tables.")
     @click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Folder for this experiment's feature outputs.")
+    @click.option("--lock-wait", default=0.0, show_default=True, type=click.FloatRange(0), help="Seconds to wait for another run writing the same --output.")
     @click.pass_context
-    def cmd(ctx, config, input_dir, output_dir):
-        from twotower_features.pipeline import StageError
-        from twotower_features.validate import QualityError
-
+    def cmd(ctx, config, input_dir, output_dir, lock_wait):
         cfg = load_config(config)
+        check_output(output_dir, input_dir, C.INPUT_TABLES)
+        S.check_inputs(input_dir, stages)
         spark = _spark(ctx, f"twotower-{name}")
-        try:
-            S.run(spark, cfg, input_dir, output_dir, stages=stages, log=click.echo)
-        except (StageError, QualityError) as e:  # a refused input: the message says what and that nothing was written
-            raise click.ClickException(str(e)) from None
+        try:  # a failed run publishes nothing: --output stays as it was
+            S.run(spark, cfg, input_dir, output_dir, stages=stages, lock_wait_s=lock_wait, log=click.echo)
         finally:
             spark.stop()
 
@@ -123,7 +191,7 @@ def train(features_dir, model_dir, config, epochs):
     """Train the two towers on CPU (or GPU) from feature_spec.json and the TFRecords."""
     from twotower_model.train import train as run
 
-    cfg = load_config(config) if config else ExperimentConfig.from_dict(json.loads(Path(features_dir, L.RESOLVED_CONFIG).read_text()))
+    cfg = load_config(config) if config else _saved_config(features_dir)
     model_cfg = cfg.model if epochs is None else dataclasses.replace(cfg.model, epochs=epochs)
     report = run(features_dir, model_dir, model_cfg, progress=click.echo)
     click.echo(json.dumps({k: v for k, v in report.items() if not isinstance(v, (list, dict))}, indent=2, default=str))
@@ -169,6 +237,7 @@ def demo(ctx, out, users, items, config):
     from twotower_features.generate import generate as gen
 
     cfg = load_config(config)
+    _check_generate(users=users, items=items)
     out = Path(out)
     t0 = time.monotonic()
     spark = _spark(ctx, "twotower-demo")
@@ -220,9 +289,9 @@ def experiment_run(ctx, names, input_dir, root, seeds, epochs, tracking_uri, mlf
     """Run experiments end to end: features (reusing stage outputs already built under ROOT for
     the same config sections and inputs), train, evaluate, track in MLflow. NAMES are catalog
     names or config files."""
-    from .experiment import ExperimentError, run_experiment
+    from .experiment import run_experiment
 
-    cfgs = [load_config(n) for n in names]
+    cfgs = [load_config(n, param_hint="NAMES") for n in names]
     spark = []
 
     def spark_factory():
@@ -241,29 +310,19 @@ def experiment_run(ctx, names, input_dir, root, seeds, epochs, tracking_uri, mlf
         raise click.BadParameter(f"{input_dir!r} is not a folder", param_hint="--input")
     for cfg in cfgs:
         for seed in seeds or (None,):
-            try:
-                run_experiment(cfg, input_dir, root, spark_factory=spark_factory, seed=seed, epochs=epochs,
-                               tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment, log=click.echo)
-            except ExperimentError as e:
-                raise click.ClickException(str(e)) from None
+            run_experiment(cfg, input_dir, root, spark_factory=spark_factory, seed=seed, epochs=epochs,
+                           tracking_uri=tracking_uri, mlflow_experiment=mlflow_experiment, log=click.echo)
 @main.command(name="report")
 @click.option("--root", default="experiments-output", show_default=True, type=click.Path(exists=True, file_okay=False), help="Folder `experiment run` wrote to.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Where to write report.md and report.html (default: ROOT).")
 def report(root, out_dir):
     """Side-by-side experiment report (Markdown and a self-contained HTML page with plots)."""
-    from .report import ReportError, write_report
+    from .report import write_report
 
-    try:
-        paths = write_report(root, out_dir or root)
-    except ReportError as e:
-        raise click.ClickException(str(e)) from None
+    paths = write_report(root, out_dir or root)
     click.echo(Path(paths["markdown"]).read_text())
     click.echo(f"report: {paths['markdown']} and {paths['html']}")
 # ------------------------------------------------------------------------------ nightly, backfill
-class _Busy(click.ClickException):
-    exit_code = 75  # EX_TEMPFAIL: another run holds the date; retry later
-
-
 def _iso_date(value: str, hint: str) -> _dt.date:
     try:
         return _dt.date.fromisoformat(value)
@@ -295,18 +354,12 @@ def _record_summary(r: dict) -> dict:
 @click.pass_context
 def nightly_cmd(ctx, config, input_dir, output_root, force, dry_run, lock_wait, date_, until):
     """The stage chain for one date, skipping stages whose output is complete and unchanged; publishes ROOT/DATE atomically."""
-    from .lock import LockBusy
-    from .nightly import NightlyError, run_date
+    from .nightly import run_date
 
     cfg = load_config(config)
     day = _iso_date(date_, "--date")
-    spark = _spark(ctx, f"twotower-nightly-{day}")
-    try:
+    with _lazy_spark(ctx, f"twotower-nightly-{day}") as spark:  # started once the date's lock is held
         record = run_date(spark, cfg, input_dir, output_root, day, until=until, force=force, dry_run=dry_run, lock_wait_s=lock_wait, log=click.echo)
-    except LockBusy as e:
-        raise _Busy(str(e)) from None
-    except NightlyError as e:
-        raise click.ClickException(str(e)) from None
     click.echo(json.dumps(_record_summary(record), indent=2, default=str))
 
 
@@ -318,20 +371,14 @@ def nightly_cmd(ctx, config, input_dir, output_root, force, dry_run, lock_wait, 
 @click.pass_context
 def backfill_cmd(ctx, config, input_dir, output_root, force, dry_run, lock_wait, start, end, keep_going):
     """`nightly` for every date from --start to --end, oldest first; each date is its own snapshot."""
-    from .lock import LockBusy
-    from .nightly import NightlyError, backfill
+    from .nightly import backfill
 
     cfg = load_config(config)
     first, last = _iso_date(start, "--start"), _iso_date(end, "--end")
     if last < first:
         raise click.BadParameter(f"--end ({last}) is before --start ({first})", param_hint="--end")
-    spark = _spark(ctx, f"twotower-backfill-{first}-{last}")
-    try:
+    with _lazy_spark(ctx, f"twotower-backfill-{first}-{last}") as spark:
         records = backfill(spark, cfg, input_dir, output_root, first, last, keep_going=keep_going, force=force, dry_run=dry_run, lock_wait_s=lock_wait, log=click.echo)
-    except LockBusy as e:
-        raise _Busy(str(e)) from None
-    except NightlyError as e:
-        raise click.ClickException(str(e)) from None
     click.echo(json.dumps([_record_summary(r) for r in records], indent=2, default=str))
     failed = [r["date"] for r in records if r.get("status") == "failed"]
     if failed:

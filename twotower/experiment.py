@@ -43,8 +43,14 @@ from twotower_model.metrics import write_metrics_json
 from twotower_model.train import train
 
 from .fingerprints import code_version, stage_keys
-from .stages import STAGES
-from .tracking import DEFAULT_MLFLOW_EXPERIMENT, RUN_FILE, STAGES_FILE, default_tracking_uri, log_to_mlflow
+from .stages import STAGES, run_stage
+from .tracking import (
+    DEFAULT_MLFLOW_EXPERIMENT,
+    RUN_FILE,
+    STAGES_FILE,
+    default_tracking_uri,
+    log_to_mlflow,
+)
 
 
 class ExperimentError(UserError):
@@ -152,7 +158,7 @@ class FeatureStore:
                 log(f"== stage {stage}: reused from {src.name} (key {keys[stage]})")
             elif step["action"] == "build":
                 log(f"== stage {stage}: building (key {keys[stage]})")
-                st.runner(spark_factory(), cfg, input_dir, str(target), log)
+                run_stage(st, spark_factory(), cfg, input_dir, str(target), log)
             else:
                 log(f"== stage {stage}: up to date (key {keys[stage]})")
             if step["action"] != "done":

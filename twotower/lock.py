@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twotower_features.errors import UserError
 
-class LockBusy(RuntimeError):
+
+class LockBusy(UserError):
     """The lock is held by another process; the message names the holder."""
 
 

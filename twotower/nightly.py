@@ -44,8 +44,8 @@ from twotower_features.fingerprint import input_fingerprints
 from twotower_features.validate import conservation
 
 from .fingerprints import stage_keys
-from .lock import ExclusiveLock
-from .stages import BY_NAME, NAMES
+from .lock import ExclusiveLock, LockBusy
+from .stages import BY_NAME, NAMES, run_stage
 
 SNAPSHOTS = ".snapshots"
 LOCKS = ".locks"
@@ -149,7 +149,7 @@ def _save_record(root: Path, record: dict[str, Any]) -> None:
 
 
 def run_date(
-    spark: SparkSession,
+    spark: SparkSession | Callable[[], SparkSession],
     cfg: ExperimentConfig,
     input_dir: str,
     root: str,
@@ -163,10 +163,13 @@ def run_date(
 ) -> dict[str, Any]:
     """Bring the outputs of `day` up to date through stage `until`; publish when the chain is complete.
 
-    Returns the run record (also saved under ROOT/_nightly/). `force` rebuilds every stage;
+    ``spark`` is a session or a factory called once a session is needed (after the date's lock
+    is taken: a busy date fails without starting one). Returns the run record (also saved under
+    ROOT/_nightly/). `force` rebuilds every stage;
     `dry_run` only reports which stages would run. Raises NightlyError (the published snapshot
     unchanged) when a stage fails, and LockBusy when another run holds the date.
     """
+    get_spark = (lambda: spark) if isinstance(spark, SparkSession) else spark
     if until not in NAMES:
         raise ValueError(f"unknown stage {until!r}; expected one of {list(NAMES)}")
     stages = NAMES[: NAMES.index(until) + 1]
@@ -183,7 +186,7 @@ def run_date(
         record["lock"] = {"generation": lock.generation, "previous_holder_died": lock.previous_holder_died}
         if lock.previous_holder_died:
             say(f"the previous holder of the lock died without releasing it: {lock.previous_holder_died}")
-        inputs = input_fingerprints(input_dir, cfg_d, spark=lambda: spark)
+        inputs = input_fingerprints(input_dir, cfg_d, spark=get_spark)
         fps = stage_keys(cfg_d, inputs)
         record["inputs"], record["fingerprints"] = inputs, fps
         pub = published_snapshot(rootp, day)
@@ -235,7 +238,7 @@ def run_date(
         for s in stages[start:]:
             say(f"== stage {s}")
             try:
-                rep = BY_NAME[s].runner(spark, cfg_d, input_dir, str(build), log).to_dict()
+                rep = run_stage(BY_NAME[s], get_spark(), cfg_d, input_dir, str(build), log).to_dict()
                 cons = conservation(rep)
                 if not cons["holds"]:
                     raise NightlyError(f"stage {s}: rows are not conserved: {cons}")
@@ -272,7 +275,7 @@ def run_date(
 
 
 def backfill(
-    spark: SparkSession,
+    spark: SparkSession | Callable[[], SparkSession],
     cfg: ExperimentConfig,
     input_dir: str,
     root: str,
@@ -286,14 +289,17 @@ def backfill(
     """`run_date` for every date from `start` to `end` (inclusive), oldest first.
 
     Each date is independent (its own lock, fingerprints and snapshot), so a backfill equals
-    the nightly runs of those dates. Raises NightlyError at the first failure; with `keep_going`
-    it runs every date and returns the records, failed dates with status "failed".
+    the nightly runs of those dates. Raises NightlyError at the first failure (LockBusy as it is:
+    another run holds that date); with `keep_going` it runs every date and returns the records,
+    failed dates with status "failed".
     """
     records = []
     for day in date_range(start, end):
         try:
             records.append(run_date(spark, cfg, input_dir, root, day, log=log, **kwargs))
         except Exception as e:
+            if isinstance(e, LockBusy) and not keep_going:
+                raise
             if not keep_going:
                 raise NightlyError(f"backfill {start}..{end} stopped at {day} ({len(records)} dates done): {e}") from e
             log(f"[backfill] {day} failed, going on: {e}")

@@ -21,9 +21,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from twotower_features import columns as C
+from twotower_features import io, pipeline
 from twotower_features import layout as L
-from twotower_features import pipeline
 from twotower_features.config import ExperimentConfig
+from twotower_features.errors import UserError
+
+from .progress import spark_jobs
+from .staging import check_output, staged
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -102,13 +106,44 @@ def through(last: str) -> tuple[Stage, ...]:
     return STAGES[: NAMES.index(select([last])[0].name) + 1]
 
 
+REQUIRED_INPUTS = (C.INTERACTIONS, C.ITEMS)  # the other input tables are optional
+
+
+def check_inputs(input_dir: str, stages: tuple[str, ...] | list[str] = NAMES) -> None:
+    """Refuse missing or empty input tables of the named stages before a session starts."""
+    for table in sorted({t for stage in select(stages) for t in stage.inputs}):
+        io.check_input_table(io.table_path(input_dir, table), required=table in REQUIRED_INPUTS)
+
+
+def run_stage(stage: Stage, spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
+    """One stage's runner, with a line per Spark job it starts (``progress.spark_jobs``)."""
+    with spark_jobs(spark, log, stage.name):
+        return stage.runner(spark, cfg, input_dir, out, log)
+
+
 def run(
     spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, *,
-    stages: tuple[str, ...] | list[str] = NAMES, log: Callable[[str], None] = print,
+    stages: tuple[str, ...] | list[str] = NAMES, lock_wait_s: float = 0.0, log: Callable[[str], None] = print,
 ) -> dict[str, StageReport]:
-    """Run the named stages in table order in one session; their reports by stage name."""
+    """Run the named stages in table order in one session, into a staging copy of ``out``
+    published only when every stage succeeded (``staging.staged``: one writer per folder, a
+    failed run leaves ``out`` as it was). The outputs of the stages run and of every stage after
+    them are replaced; the stages before them must have finished in ``out`` already."""
+    chosen = select(stages)
+    out_p = check_output(out, input_dir, C.INPUT_TABLES)
+    check_inputs(input_dir, stages)
+    first = NAMES.index(chosen[0].name)
+    for earlier in STAGES[:first]:
+        if not (out_p / L.report(earlier.name)).is_file():
+            raise UserError(
+                f"stage {chosen[0].name} reads the outputs of stage {earlier.name}, which {out} does not hold "
+                f"(no {L.report(earlier.name)}): run `twotower {earlier.name}` first, or `twotower features`"
+            )
+    drop = [o for stage in STAGES[first:] for o in stage.outputs]
     reports = {}
-    for stage in select(stages):
-        log(f"== stage {stage.name}")
-        reports[stage.name] = stage.runner(spark, cfg, input_dir, out, log)
+    with staged(out_p, drop=drop, lock_wait_s=lock_wait_s, log=log) as build:
+        for stage in chosen:
+            log(f"== stage {stage.name}")
+            reports[stage.name] = run_stage(stage, spark, cfg, input_dir, str(build), log)
+        log(f"== publishing {out_p}")
     return reports

@@ -51,5 +51,7 @@ TRAIN = "train"
 VALIDATION = "validation"
 ITEM_EMB = "item_emb"
 ITEM_CLUSTER = "item_cluster"
+POS_HISTORY = "pos_history"  # the id lists of history.keep_lists
+NEG_HISTORY = "neg_history"
 ITEM_AVG_TIME_SPENT = "item_avg_time_spent"
 QUARANTINE_REASON = "reason"

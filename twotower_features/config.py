@@ -131,12 +131,18 @@ class FilterConfig:
 
 @dataclass(frozen=True)
 class LabelConfig:
-    """`rule` is a Spark SQL boolean expression over the interaction contract's columns."""
+    """`rule` is a boolean expression over the interaction contract's columns, in a small
+    SQL-like language parsed by ``label_rule.py`` (columns, literals, comparison, boolean and
+    arithmetic operators, a few pure functions); it is data, never handed to Spark's parser."""
 
     rule: str = "liked OR shared OR fraction_watched > 0.8"
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.rule, str) and self.rule.strip() != "", "label.rule", "a non-empty SQL expression", self.rule)
+        _check(isinstance(self.rule, str) and self.rule.strip() != "", "label.rule", "a non-empty boolean expression", self.rule)
+        # imported here: label_rule's LabelRuleError is a ConfigError of this module
+        from .label_rule import parse
+
+        parse(self.rule)  # a refused rule raises LabelRuleError, a ConfigError naming label.rule
 
 
 @dataclass(frozen=True)
@@ -402,11 +408,28 @@ class ExperimentConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ExperimentConfig":
+        """The config of a TOML file (UTF-8, as TOML requires); every refusal is a ``ConfigError``
+        naming the file: missing, a folder, unreadable, not UTF-8 (with the byte's offset and
+        line), not TOML, or a bad value (naming the key)."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"config file {str(path)!r} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"config file {str(path)!r} is a directory; expected a TOML file")
         try:
-            data = tomllib.loads(path.read_text())
+            raw = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {e.strerror or e}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise ConfigError(
+                f"config file {str(path)!r} is not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line}); "
+                "TOML files must be UTF-8, save it with that encoding"
+            ) from None
+        try:
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
         return cls.from_dict(data)

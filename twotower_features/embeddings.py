@@ -16,6 +16,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from . import columns as C
+from .errors import UserError
+
+
+class EmbeddingFitError(UserError, ValueError):
+    """PCA/KMeans cannot be fitted with the config's sizes on these items; names the key."""
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,9 @@ def fit_embeddings(
     for source, x in vectors.items():
         n, d = x.shape
         if n_components > min(n, d):
-            raise ValueError(
+            raise EmbeddingFitError(
                 f"embeddings.pca_components={n_components} needs at least that many train items and "
-                f"embedding dimensions; the '{source}' embeddings have {n} items x {d} dims"
+                f"embedding dimensions; the '{source}' embeddings have {n} items x {d} dims: lower embeddings.pca_components"
             )
         model = PCA(n_components=n_components, svd_solver="randomized" if n_components < 0.8 * min(n, d) else "full", random_state=seed)
         model.fit(x.astype(np.float64))
@@ -80,11 +85,11 @@ def fit_embeddings(
     centers = None
     if kmeans_k:
         if "simclr" not in pca:
-            raise ValueError("KMeans clusters are fitted on the simclr PCA space: 'simclr' embeddings are needed")
+            raise EmbeddingFitError("KMeans clusters are fitted on the simclr PCA space: 'simclr' embeddings are needed")
         mean, comps = pca["simclr"]
         z = (vectors["simclr"].astype(np.float64) - mean) @ comps.T
         if len(z) < kmeans_k:
-            raise ValueError(f"embeddings.kmeans_k={kmeans_k} exceeds the {len(z)} train items")
+            raise EmbeddingFitError(f"embeddings.kmeans_k={kmeans_k} exceeds the {len(z)} train items: lower embeddings.kmeans_k")
         km = KMeans(n_clusters=kmeans_k, n_init=4, random_state=seed).fit(z)
         centers = km.cluster_centers_.astype(np.float64)
     return FittedEmbeddings(pca=pca, centers=centers, explained_variance=explained)
@@ -136,10 +141,32 @@ def apply_embeddings(items: DataFrame, fitted: FittedEmbeddings, *, with_cluster
     return items.select(*cols).mapInArrow(apply, schema)
 
 
-def nan_free(items: DataFrame, sources: list[str]) -> F.Column:
-    """True where every value of the named embeddings is finite (NaN/Inf rows are quarantined)."""
+def embedding_lengths(items: DataFrame, sources: list[str]) -> dict[str, int | None]:
+    """Per source, the length most of its non-null embeddings have (a tie goes to the longer;
+    None when every one is null): the contract's fixed length, which ``nan_free`` enforces."""
+    out: dict[str, int | None] = {}
+    for s in sources:
+        c = C.EMBEDDING_COLUMNS[s]
+        top = (
+            items.filter(F.col(c).isNotNull()).groupBy(F.size(c).alias("n")).agg(F.count(F.lit(1)).alias("items"))
+            .orderBy(F.col("items").desc(), F.col("n").desc()).limit(1).collect()
+        )
+        out[s] = int(top[0]["n"]) if top else None
+    return out
+
+
+def nan_free(items: DataFrame, sources: list[str], lengths: dict[str, int | None] | None = None) -> F.Column:
+    """True where every named embedding is usable: not null, every value finite (no NaN, Inf or
+    null element) and of the length most items have (``lengths``, default
+    ``embedding_lengths(items, sources)``, one small aggregation per source). The caller
+    quarantines the rows of the other items (``validate.quarantine_interactions``)."""
+    if lengths is None:
+        lengths = embedding_lengths(items, sources)
     cond = F.lit(True)
     for s in sources:
         c = C.EMBEDDING_COLUMNS[s]
-        cond = cond & F.col(c).isNotNull() & F.forall(F.col(c), lambda v: ~F.isnan(v) & (F.abs(v) != float("inf")))
+        finite = F.coalesce(F.forall(F.col(c), lambda v: v.isNotNull() & ~F.isnan(v) & (F.abs(v) != float("inf"))), F.lit(False))
+        cond = cond & F.col(c).isNotNull() & finite
+        if lengths.get(s) is not None:
+            cond = cond & (F.size(c) == F.lit(int(lengths[s])))
     return cond

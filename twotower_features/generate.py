@@ -46,10 +46,10 @@ import datetime as _dt
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlparse
 
 import numpy as np
@@ -106,6 +106,38 @@ class GenerateError(UserError, ValueError):
     """A generator argument is out of range; the message names it."""
 
 
+MIN_USERS = 20
+MIN_ITEMS = 20
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+# The one home of the generator's argument rules, checked in this order (a rule may rely on the
+# ones before it: ``topics`` on ``items`` being an integer): (argument, check, what is expected).
+_RULES: tuple[tuple[str, Callable[[Mapping[str, Any]], bool], str], ...] = (
+    ("users", lambda a: _is_int(a["users"]) and a["users"] >= MIN_USERS, f"an integer >= {MIN_USERS}"),
+    ("items", lambda a: _is_int(a["items"]) and a["items"] >= MIN_ITEMS, f"an integer >= {MIN_ITEMS}"),
+    ("days", lambda a: _is_int(a["days"]) and a["days"] >= 1, "an integer >= 1"),
+    ("start", lambda a: isinstance(a["start"], _dt.date) and not isinstance(a["start"], _dt.datetime), "a datetime.date"),
+    ("seed", lambda a: _is_int(a["seed"]) and a["seed"] >= 0, "an integer >= 0"),
+    ("embedding_dim", lambda a: _is_int(a["embedding_dim"]) and a["embedding_dim"] >= 2, "an integer >= 2"),
+    ("topics", lambda a: _is_int(a["topics"]) and 2 <= a["topics"] <= a["items"] // 2, "an integer in [2, items / 2]"),
+    ("creators", lambda a: a["creators"] is None or (_is_int(a["creators"]) and 1 <= a["creators"] <= a["items"]), "an integer in [1, items] or None"),
+    ("events_per_user_day", lambda a: isinstance(a["events_per_user_day"], (int, float)) and 0 < a["events_per_user_day"] <= 1000, "a number in (0, 1000]"),
+    ("bad_row_share", lambda a: isinstance(a["bad_row_share"], (int, float)) and 0 <= a["bad_row_share"] <= 0.5, "a number in [0, 0.5]"),
+)
+
+
+def _first_broken(arguments: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(argument, expected) of the first rule ``arguments`` break, or None."""
+    for name, ok, expected in _RULES:
+        if not ok(arguments):
+            return name, expected
+    return None
+
+
 @dataclass(frozen=True)
 class GenerateParams:
     """The generator's arguments, validated."""
@@ -122,25 +154,13 @@ class GenerateParams:
     bad_row_share: float = 0.0
 
     def __post_init__(self) -> None:
-        def need(cond: bool, name: str, expected: str) -> None:
-            if not cond:
-                raise GenerateError(f"generate: '{name}' must be {expected}, got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        need(is_int(self.users) and self.users >= 20, "users", "an integer >= 20")
-        need(is_int(self.items) and self.items >= 20, "items", "an integer >= 20")
-        need(is_int(self.days) and self.days >= 1, "days", "an integer >= 1")
-        need(isinstance(self.start, _dt.date) and not isinstance(self.start, _dt.datetime), "start", "a datetime.date")
-        need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
-        need(is_int(self.embedding_dim) and self.embedding_dim >= 2, "embedding_dim", "an integer >= 2")
-        need(is_int(self.topics) and 2 <= self.topics <= self.items // 2, "topics", "an integer in [2, items / 2]")
+        arguments = {f.name: getattr(self, f.name) for f in fields(self)}
+        broken = _first_broken(arguments)
+        if broken:
+            name, expected = broken
+            raise GenerateError(f"generate: '{name}' must be {expected}, got {arguments[name]!r}")
         if self.creators is None:
             object.__setattr__(self, "creators", max(2, self.items // 25))
-        need(is_int(self.creators) and 1 <= self.creators <= self.items, "creators", "an integer in [1, items] or None")
-        need(isinstance(self.events_per_user_day, (int, float)) and 0 < self.events_per_user_day <= 1000, "events_per_user_day", "a number in (0, 1000]")
-        need(isinstance(self.bad_row_share, (int, float)) and 0 <= self.bad_row_share <= 0.5, "bad_row_share", "a number in [0, 0.5]")
 
     @property
     def late_day(self) -> int:
@@ -183,6 +203,45 @@ class GenerateParams:
 
     def n_late_items(self) -> int:
         return max(2, math.ceil(self.items * 0.02))
+
+
+# the options of `twotower generate` and the generator arguments they set
+CLI_OPTIONS = {
+    "users": "--users",
+    "items": "--items",
+    "days": "--days",
+    "seed": "--seed",
+    "embedding_dim": "--embedding-dim",
+    "bad_row_share": "--bad-row-share",
+}
+
+
+def check_params(
+    *,
+    users: int | None = None,
+    items: int | None = None,
+    days: int | None = None,
+    seed: int | None = None,
+    embedding_dim: int | None = None,
+    bad_row_share: float | None = None,
+) -> None:
+    """The generator's checks of the options of ``twotower generate`` (None: the generator's
+    default), without Spark, for the CLI to call before it starts a session. Raises
+    ``GenerateError`` naming the option, e.g. ``--seed must be an integer >= 0, got -1``; the
+    other arguments (``topics``, ``creators``, ...) keep their defaults, so a ``topics`` rule
+    broken by too few items is reported as the ``--items`` minimum."""
+    defaults = {f.name: f.default for f in fields(GenerateParams)}
+    options = {"users": users, "items": items, "days": days, "seed": seed, "embedding_dim": embedding_dim, "bad_row_share": bad_row_share}
+    arguments = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+    broken = _first_broken(arguments)
+    if broken is None:
+        return
+    name, expected = broken
+    if name in ("items", "topics") and _is_int(arguments["items"]):
+        topics = arguments["topics"]
+        # the topics rule (topics <= items / 2) with the default topics, and the items rule
+        raise GenerateError(f"--items must be at least {max(MIN_ITEMS, 2 * topics)} (twice the generator's {topics} topics), got {arguments['items']}")
+    raise GenerateError(f"{CLI_OPTIONS.get(name, name)} must be {expected}, got {arguments[name]!r}")
 
 
 def user_id(index: int, params: GenerateParams) -> str:

@@ -32,6 +32,7 @@ from pyspark.sql import types as T
 from . import columns as C
 
 POS, NEG = "pos", "neg"
+HISTORY_LISTS = {POS: C.POS_HISTORY, NEG: C.NEG_HISTORY}
 CHUNK_ROWS = 100_000  # rows per call of user_histories (whole users; a chunk costs ~50 MB at N=100)
 _MATRIX_CACHE: dict[str, np.ndarray] = {}
 
@@ -55,7 +56,7 @@ class HistoryParams:
         for side in (POS, NEG):
             f.append(T.StructField(f"{side}_hist_len", T.IntegerType()))
             if self.keep_lists:
-                f.append(T.StructField(f"{side}_history", T.ArrayType(T.StringType())))
+                f.append(T.StructField(HISTORY_LISTS[side], T.ArrayType(T.StringType())))
             if "mean" in self.aggregations:
                 f.append(T.StructField(f"{side}_hist_mean", T.ArrayType(T.FloatType())))
             if "concat" in self.aggregations:
@@ -138,7 +139,7 @@ def user_histories(table: pa.Table, p: HistoryParams) -> pa.Table:
             within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], length)
             flat = np.repeat(end - 1, length) - within  # most recent first
             values = table.column(C.ITEM_ID).take(pa.array(sel[flat]))
-            out[f"{side}_history"] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+            out[HISTORY_LISTS[side]] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
         if need_emb:
             emb = np.asarray(matrix[idx[sel]], dtype=np.float64) if len(sel) else np.zeros((0, p.emb_dim))
             if "mean" in p.aggregations:

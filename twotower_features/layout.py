@@ -11,6 +11,9 @@ from pathlib import Path
 RESOLVED_CONFIG = "resolved_config.json"
 FEATURE_SPEC = "feature_spec.json"  # its contents: spec.py
 MANIFEST = "manifest.json"
+# the key of manifest.json that lists, per split, the TFRecord shards as written: ``{split: [{"path"
+# (relative to the folder), "records", "bytes"}, ...]}``; the trainer checks the files against it
+MANIFEST_SHARDS = "shards"
 REPORTS = "reports"
 
 # prepare
@@ -30,6 +33,11 @@ NORMALISATION = "artifacts/normalisation.json"
 VOCAB = "vocab"
 TFRECORDS = "tfrecords"
 ITEM_FREQUENCY = "artifacts/item_frequency.csv"
+
+
+def tfrecords(split: str) -> str:
+    """The folder of ``split``'s TFRecord shards (``train``, ``validation``, ``catalog``)."""
+    return f"{TFRECORDS}/{split}"
 
 
 def report(stage: str) -> str:

@@ -31,16 +31,36 @@ from . import filters as flt
 from . import io
 from . import layout as L
 from .config import ExperimentConfig
-from .embeddings import FittedEmbeddings, apply_embeddings, collect_vectors, fit_embeddings, nan_free
+from .embeddings import (
+    FittedEmbeddings,
+    apply_embeddings,
+    collect_vectors,
+    fit_embeddings,
+    nan_free,
+)
 from .errors import UserError
 from .fingerprint import input_fingerprints
 from .history import HistoryParams, compute_histories
 from .labels import add_label, add_weight
 from .report import StageReport
-from .sampling import class_counts, downsample, ratio_string, rebalance_rates, sample_users
+from .sampling import (
+    class_counts,
+    downsample,
+    ratio_string,
+    rebalance_rates,
+    sample_users,
+)
 from .spec import Column, FeatureSpec
 from .stats_source import read_stats, stats_dates
-from .validate import INTERACTION_SCHEMA, ITEM_SCHEMA, USER_SCHEMA, check_day_volume, check_schema, day_volumes, quarantine_interactions
+from .validate import (
+    INTERACTION_SCHEMA,
+    ITEM_SCHEMA,
+    USER_SCHEMA,
+    check_day_volume,
+    check_schema,
+    day_volumes,
+    quarantine_interactions,
+)
 from .window import assign_split, window_filter
 
 MAX_FIT_ITEMS = 200_000
@@ -55,6 +75,24 @@ def _save_report(out: str, report: StageReport, log: Callable[[str], None]) -> S
     io.write_json_atomic(L.path(out, L.report(report.stage)), report.to_dict())
     log(report.render())
     return report
+
+
+def _require_rows(stage: str, rows: dict[str, int], cfg: ExperimentConfig) -> None:
+    """Refuse a run that leaves no train or validation rows, naming the stage and the days."""
+    w = cfg.window
+    for split, days in ((C.TRAIN, f"{w.train_start}..{w.train_end}"), (C.VALIDATION, str(w.validation_date))):
+        if rows.get(split, 0) == 0:
+            raise StageError(
+                f"stage {stage} leaves no {split} rows ({days}): see reports/{stage}.json's removals; check the window, "
+                "the filters and (for validation) that the day's users were seen in the train window"
+            )
+
+
+def _require_both_classes(n: int, positives: int, cfg: ExperimentConfig) -> None:
+    """Refuse train rows of one class only: the label rule decides nothing."""
+    if n and positives in (0, n):
+        only = "negative" if positives == 0 else "positive"
+        raise StageError(f"label.rule {cfg.label.rule!r} makes every one of the {n:,} train rows {only}: a model needs both classes; change label.rule")
 
 
 def _window_dates(cfg: ExperimentConfig) -> str:
@@ -88,14 +126,16 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
         )
     # the day's volume against the days before it (quality band), before anything is written
     rep.facts["day_volume"] = check_day_volume(volumes, cfg.window, cfg.quality)
-    # items whose embeddings hold NaN/Inf count as unknown: their rows are quarantined
+    # rows of items whose needed embeddings are null, hold NaN/Inf or have another length than
+    # the rest are quarantined (bad_item_embedding); of items not in the table, unknown_item
     good_items = items.filter(nan_free(items, needed_sources(cfg))).select(C.ITEM_ID)
-    valid, bad = quarantine_interactions(raw, good_items, max_fraction_watched=cfg.quality.max_fraction_watched)
+    valid, bad = quarantine_interactions(raw, good_items, known_items=items, max_fraction_watched=cfg.quality.max_fraction_watched)
     valid = valid.cache()
     bad = bad.cache()
     n_valid = valid.count()
     per_reason = {r[C.QUARANTINE_REASON]: int(r["n"]) for r in bad.groupBy(C.QUARANTINE_REASON).agg(F.count(F.lit(1)).alias("n")).collect()}
     n_bad = sum(per_reason.values())
+    log(f"[prepare] {n_in:,} interactions in the window: {n_valid:,} valid, {n_bad:,} quarantined {per_reason or ''}".rstrip())
     rep.rows_in["interactions_in_window"] = n_in
     rep.removed.update({f"quarantine:{k}": v for k, v in sorted(per_reason.items())})
     share = n_bad / n_in
@@ -105,8 +145,12 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
             f"quality.max_quarantine_share={cfg.quality.max_quarantine_share:.2%}: {per_reason}; nothing was written"
         )
 
-    df = assign_split(valid, cfg.window)
+    # the label rule against the table's columns and types, before the first write
+    df = add_label(assign_split(valid, cfg.window), cfg.label)
     train = df.filter(F.col(C.SPLIT) == C.TRAIN)
+    labelled = train.agg(F.count(F.lit(1)).alias("n"), F.sum(C.LABEL).alias("p")).collect()[0]
+    n_train, n_pos = int(labelled["n"]), int(labelled["p"] or 0)
+    _require_both_classes(n_train, n_pos, cfg)  # the label rule's outcome, before any filter
     # item average time spent: all valid train rows of the item, before any filter
     item_avg = train.groupBy(C.ITEM_ID).agg(F.avg(C.TIME_SPENT).alias(C.ITEM_AVG_TIME_SPENT))
     item_filter = flt.fit_item_filter(train, cfg.filters)
@@ -117,7 +161,6 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     item_filter = spark.read.parquet(L.path(out, L.ITEM_FILTER))
     item_avg = spark.read.parquet(L.path(out, L.ITEM_AVG_TIME_SPENT))
 
-    df = add_label(df, cfg.label)
     after_items = flt.apply_item_filter(df, item_filter)
     client_filter = flt.fit_client_filter(after_items.filter(F.col(C.SPLIT) == C.TRAIN), cfg.filters, cfg.window.train_days)
     client_filter.write.mode("overwrite").parquet(L.path(out, L.CLIENT_FILTER))
@@ -144,6 +187,9 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     rep.facts["client_filter_rules"] = flt.removal_counts(client_filter)
     rep.facts["client_max_interactions"] = cfg.filters.client_max_interactions(cfg.window.train_days)
     pos, neg = class_counts(out_tbl.filter(F.col(C.SPLIT) == C.TRAIN))
+    log(f"[prepare] after the filters: train {rep.rows_out[C.TRAIN]:,} rows ({pos:,} positive, {neg:,} negative), validation {rep.rows_out[C.VALIDATION]:,}")
+    _require_rows("prepare", rep.rows_out, cfg)
+    _require_both_classes(pos + neg, pos, cfg)
     rep.facts["train_pos_neg"] = ratio_string(pos, neg)
     rep.facts["window"] = f"train {cfg.window.train_start}..{cfg.window.train_end}, validation {cfg.window.validation_date}"
     valid.unpersist()
@@ -161,6 +207,8 @@ def run_embeddings(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, o
     sources = needed_sources(cfg)
     with_cluster = "clusters" in cfg.history.aggregations
     n_items = catalog.count()
+    log(f"[embeddings] {n_items:,} kept train items; PCA {cfg.embeddings.pca_components} of {sources or 'no source'}"
+        + (f", KMeans {cfg.embeddings.kmeans_k}" if with_cluster else ""))
     rep.rows_in["kept_train_items"] = n_items
     cols = [C.ITEM_ID, C.CREATOR_ID] + [c for c in items.columns if c.startswith((C.ITEM_PERFORMANCE_PREFIX, C.CREATOR_PERFORMANCE_PREFIX))]
     base = catalog.select(*cols)
@@ -303,6 +351,10 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     counts = written.groupBy(C.SPLIT).agg(F.count(F.lit(1)).alias("n"), F.sum(C.LABEL).alias("p")).collect()
     rep.rows_out = {r[C.SPLIT]: int(r["n"]) for r in counts}
     rep.facts["label_rate"] = {r[C.SPLIT]: round(int(r["p"]) / max(int(r["n"]), 1), 4) for r in counts}
+    train_pos = next((int(r["p"]) for r in counts if r[C.SPLIT] == C.TRAIN), 0)
+    log(f"[examples] train {rep.rows_out.get(C.TRAIN, 0):,} examples ({train_pos:,} positive), validation {rep.rows_out.get(C.VALIDATION, 0):,}")
+    _require_rows("examples", rep.rows_out, cfg)
+    _require_both_classes(rep.rows_out.get(C.TRAIN, 0), train_pos, cfg)
     rep.removed["train:user_sampling"] = rep.rows_in.get(C.TRAIN, 0) - pos - neg
     rep.removed["train:rebalancing"] = pos + neg - rep.rows_out.get(C.TRAIN, 0)
     if not cfg.sampling.validation:
@@ -367,6 +419,7 @@ def spec_columns(cfg: ExperimentConfig, examples: DataFrame) -> list[Column]:
 def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
     """Vocabularies, feature_spec.json, TFRecords per split and for the catalog, manifest.json."""
     from .tfrecord.writer import write_tfrecords
+    from .validate import has_line_break
 
     rep = StageReport("tfrecords")
     examples = spark.read.format("delta").load(L.path(out, L.EXAMPLES)).filter(window_filter(cfg.window))
@@ -378,6 +431,13 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
     for c in cols:
         if c.vocabulary_file:
             words = _vocabulary(train, c.name, cfg.output.vocabulary_min_count)
+            broken = [w for w in words if has_line_break(w)]
+            if broken:  # one value per line: such a value would read back as several
+                raise StageError(
+                    f"{len(broken)} value(s) of '{c.name}' hold a line break, e.g. {broken[0]!r}: {c.vocabulary_file} would have more "
+                    "lines than values; fix them in the input (stage 'prepare' quarantines interactions whose user_id, item_id or "
+                    "creator_id holds one) and rerun from 'prepare'"
+                )
             Path(out, c.vocabulary_file).write_text("\n".join(words) + ("\n" if words else ""))
             c = dataclasses.replace(c, vocabulary_size=len(words))
         sized.append(c)
@@ -389,10 +449,18 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
         if c.name not in examples.columns:
             raise StageError(f"feature '{c.name}' is not in the examples table: was stage 'examples' run with this config?")
     rows = {}
+    shards: dict[str, list[dict[str, object]]] = {}
+
+    def listed(split: str, res: dict) -> list[dict[str, object]]:
+        """The shards as written: path relative to the folder, records, bytes (the trainer checks the files against it)."""
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in res["paths"]]
+        return [{"path": f"{L.tfrecords(split)}/{n}", "records": int(r), "bytes": int(b)} for n, r, b in zip(names, res["shard_rows"], res["shard_bytes"])]
+
     for split in (C.TRAIN, C.VALIDATION):
         part = examples.filter(F.col(C.SPLIT) == split).select(*names).withColumn(C.LABEL, F.col(C.LABEL).cast("float"))
-        res = write_tfrecords(part, L.path(out, f"{L.TFRECORDS}/{split}"), sized, num_shards=cfg.output.tfrecord_shards, sort_by=[C.USER_ID, C.ITEM_ID, C.EVENT_TS])
+        res = write_tfrecords(part, L.path(out, L.tfrecords(split)), sized, num_shards=cfg.output.tfrecord_shards, sort_by=[C.USER_ID, C.ITEM_ID, C.EVENT_TS])
         rows[split] = int(res["rows"])
+        shards[split] = listed(split, res)
     item_cols = [c for c in sized if c.tower == "item" or c.name == C.ITEM_ID]
     items = spark.read.parquet(L.path(out, L.ITEMS))
     if C.ITEM_EMB in cfg.features.item:
@@ -406,14 +474,15 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
         if st is not None:
             st = st.filter(F.col(C.DT) == F.lit(last_day)).drop(C.DT)
             items = _zscore_apply(items.join(st, key, "left"), {k: v for k, v in norm.items() if k in st.columns})
-    res = write_tfrecords(items.select(*[c.name for c in item_cols]), L.path(out, f"{L.TFRECORDS}/catalog"), item_cols, num_shards=1, sort_by=[C.ITEM_ID])
+    res = write_tfrecords(items.select(*[c.name for c in item_cols]), L.path(out, L.tfrecords("catalog")), item_cols, num_shards=1, sort_by=[C.ITEM_ID])
     rows["catalog"] = int(res["rows"])
+    shards["catalog"] = listed("catalog", res)
 
     spec = FeatureSpec(
         columns=tuple(sized),
         keys=(C.USER_ID, C.ITEM_ID, C.EVENT_TS),
         extras={
-            "splits": {s: f"{L.TFRECORDS}/{s}/*.tfrecord" for s in (C.TRAIN, C.VALIDATION, "catalog")},
+            "splits": {s: f"{L.tfrecords(s)}/*.tfrecord" for s in (C.TRAIN, C.VALIDATION, "catalog")},
             "catalog_columns": [c.name for c in item_cols],
             "item_frequency_file": L.ITEM_FREQUENCY,
             "items_file": L.ITEMS,
@@ -430,6 +499,7 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
         "config_hash": cfg.config_hash(),
         "data_hash": cfg.data_hash(),
         "rows": rows,
+        L.MANIFEST_SHARDS: shards,
         "label_ratio": {r[C.SPLIT]: ratio_string(int(r["p"]), int(r["n"]) - int(r["p"])) for r in counts},
         "sampling": {"user_fraction": cfg.sampling.user_fraction, "seed": cfg.sampling.seed, **prep["facts"].get("rebalance_keep_rates", {})},
         "inputs": input_fingerprints(input_dir, cfg, spark=lambda: spark),

@@ -22,10 +22,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .io import write_json_atomic
 from .layout import FEATURE_SPEC
 
 SPEC_VERSION = 1
+
+
+class SpecError(UserError, FileNotFoundError):
+    """No feature spec, or one this version cannot read; the message names the file."""
+
+
 DTYPES = ("string", "float32", "int64")
 KINDS = ("id", "categorical", "dense", "count", "label", "weight", "key")
 
@@ -110,8 +117,11 @@ class FeatureSpec:
         if p.is_dir():
             p = p / FEATURE_SPEC
         if not p.is_file():
-            raise FileNotFoundError(f"no feature spec at {str(p)!r}: run `twotower features` first")
-        return cls.from_dict(json.loads(p.read_text()))
+            raise SpecError(f"no feature spec at {str(p)!r}: run `twotower features` first")
+        try:
+            return cls.from_dict(json.loads(p.read_text()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise SpecError(f"{p} is not a feature spec this version reads ({type(e).__name__}: {e}): rerun `twotower tfrecords`") from None
 
 
 def read_vocabulary(spec_dir: str | Path, column: Column) -> list[str]:

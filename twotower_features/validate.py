@@ -53,14 +53,34 @@ def stats_schema(key: str, present: tuple[str, ...] | list[str] = ()) -> dict[st
     schema.update({c: ("double", _NUMERIC) for c in STATS_VALUE_COLUMNS if c in present})
     return schema
 
+# characters that end a line for ``str.splitlines``, which reads the vocabulary files back
+# (``spec.read_vocabulary``): an id holding one would become several vocabulary lines
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_LINE_BREAK_REGEX = "[" + "".join(f"\\u{ord(c):04x}" for c in LINE_BREAKS) + "]"  # Java regex: [\u000a\u000d...]
+
+
+def has_line_break(value: str) -> bool:
+    """True when ``value`` holds a character of ``LINE_BREAKS``."""
+    return any(c in value for c in LINE_BREAKS)
+
+
+def line_break_in(col: str) -> F.Column:
+    """True where the string column ``col`` holds a character of ``LINE_BREAKS`` (null stays null)."""
+    return F.col(col).rlike(_LINE_BREAK_REGEX)
+
+
 # reason codes, in the order they are checked (a row gets the first that applies)
 NULL_ID = "null_id"
+BAD_ID_CHARACTERS = "bad_id_characters"  # user_id or item_id holds a line break (LINE_BREAKS); checked again for the item's creator_id, see below
 BAD_TIME_SPENT = "bad_time_spent"  # null, NaN, negative or infinite
 BAD_FRACTION = "bad_fraction_watched"  # null, NaN, negative or infinite
 FRACTION_ABOVE_MAX = "fraction_watched_above_max"  # above quality.max_fraction_watched (when set)
 NULL_FLAG = "null_flag"
 DT_MISMATCH = "dt_mismatch"
-UNKNOWN_ITEM = "unknown_item"
+UNKNOWN_ITEM = "unknown_item"  # not in the items table
+# with ``known_items`` only: the item's creator_id holds a line break (BAD_ID_CHARACTERS, checked
+# here), else an embedding the run needs is null, holds NaN/Inf/null or has another length
+BAD_ITEM_EMBEDDING = "bad_item_embedding"
 DUPLICATE_EVENT = "duplicate_event"
 
 
@@ -94,29 +114,63 @@ def _bad(col: str) -> F.Column:
     return F.col(col).isNull() | F.isnan(F.col(col)) | (F.col(col) < 0) | (F.col(col) == float("inf"))
 
 
-def quarantine_interactions(interactions: DataFrame, item_ids: DataFrame, *, max_fraction_watched: float = 0.0) -> tuple[DataFrame, DataFrame]:
+def quarantine_interactions(
+    interactions: DataFrame,
+    item_ids: DataFrame,
+    *,
+    max_fraction_watched: float = 0.0,
+    known_items: DataFrame | None = None,
+) -> tuple[DataFrame, DataFrame]:
     """Split interactions into (valid, quarantined with a `reason` column).
 
-    `item_ids` is a one-column frame of known item ids. Of several identical events
-    (same user, item and instant) the first by (time_spent, fraction_watched, liked, shared)
+    `item_ids` is a one-column frame of the usable item ids (``item_id``). Of several identical
+    events (same user, item and instant) the first by (time_spent, fraction_watched, liked, shared)
     is kept and the others are quarantined as duplicates, so the choice is deterministic.
-    `max_fraction_watched` > 0 quarantines rows watched more than that many times over.
+    `max_fraction_watched` > 0 quarantines rows watched more than that many times over. A row
+    whose user_id or item_id holds a line break (``LINE_BREAKS``) is quarantined as
+    ``bad_id_characters``: it would corrupt the vocabulary files (one id per line).
+
+    Without `known_items`, an item not in `item_ids` is ``unknown_item``. With `known_items`,
+    every item of the items table (an ``item_id`` column, and ``creator_id`` when it has one;
+    the whole items table will do), ``unknown_item`` means "not in the items table" and a
+    known item that is not usable gets a reason of its own: ``bad_id_characters`` when its
+    creator_id holds a line break (its rows go, so the item never reaches the catalog or the
+    creator vocabulary), else ``bad_item_embedding`` (the caller leaves out of `item_ids` the
+    items whose needed embedding is null, holds NaN/Inf/null or has another length than the
+    others: ``embeddings.nan_free``).
     """
     if not isinstance(max_fraction_watched, (int, float)) or max_fraction_watched < 0:
         raise ValueError(f"max_fraction_watched must be a number >= 0 (0 = no bound), got {max_fraction_watched!r}")
     above_max = (F.col(C.FRACTION_WATCHED) > F.lit(float(max_fraction_watched))) if max_fraction_watched > 0 else F.lit(False)
-    known = item_ids.select(F.col(C.ITEM_ID).alias("_known_item")).distinct()
-    df = interactions.join(known, F.col(C.ITEM_ID) == F.col("_known_item"), "left")
+    usable = item_ids.select(F.col(C.ITEM_ID).alias("_usable_item")).distinct()
+    df = interactions.join(usable, F.col(C.ITEM_ID) == F.col("_usable_item"), "left")
+    if known_items is None:
+        unknown, bad_creator, bad_item = F.col("_usable_item").isNull(), F.lit(False), F.lit(False)
+        temporary = ["_usable_item"]
+    else:
+        if C.ITEM_ID not in known_items.columns:
+            raise ValueError(f"known_items must have a column '{C.ITEM_ID}', it has {known_items.columns}")
+        creator = line_break_in(C.CREATOR_ID) if C.CREATOR_ID in known_items.columns else F.lit(False)
+        # one row per item id, even if the items table repeats one with two creators
+        known = known_items.groupBy(F.col(C.ITEM_ID).alias("_known_item")).agg(F.max(F.coalesce(creator, F.lit(False))).alias("_bad_creator"))
+        df = df.join(known, F.col(C.ITEM_ID) == F.col("_known_item"), "left")
+        unknown = F.col("_known_item").isNull() & F.col("_usable_item").isNull()
+        bad_creator = F.coalesce(F.col("_bad_creator"), F.lit(False))
+        bad_item = F.col("_usable_item").isNull()
+        temporary = ["_usable_item", "_known_item", "_bad_creator"]
     reason = (
         F.when(F.col(C.USER_ID).isNull() | F.col(C.ITEM_ID).isNull() | F.col(C.EVENT_TS).isNull(), F.lit(NULL_ID))
+        .when(line_break_in(C.USER_ID) | line_break_in(C.ITEM_ID), F.lit(BAD_ID_CHARACTERS))
         .when(_bad(C.TIME_SPENT), F.lit(BAD_TIME_SPENT))
         .when(_bad(C.FRACTION_WATCHED), F.lit(BAD_FRACTION))
         .when(above_max, F.lit(FRACTION_ABOVE_MAX))
         .when(F.col(C.LIKED).isNull() | F.col(C.SHARED).isNull(), F.lit(NULL_FLAG))
         .when(F.col(C.DT) != F.to_date(F.col(C.EVENT_TS)), F.lit(DT_MISMATCH))
-        .when(F.col("_known_item").isNull(), F.lit(UNKNOWN_ITEM))
+        .when(unknown, F.lit(UNKNOWN_ITEM))
+        .when(bad_creator, F.lit(BAD_ID_CHARACTERS))
+        .when(bad_item, F.lit(BAD_ITEM_EMBEDDING))
     )
-    df = df.withColumn(C.QUARANTINE_REASON, reason).drop("_known_item")
+    df = df.withColumn(C.QUARANTINE_REASON, reason).drop(*temporary)
     w = Window.partitionBy(C.USER_ID, C.ITEM_ID, C.EVENT_TS).orderBy(
         F.col(C.QUARANTINE_REASON).asc_nulls_first(), C.TIME_SPENT, C.FRACTION_WATCHED, C.LIKED, C.SHARED
     )
@@ -152,7 +206,7 @@ def check_day_volume(volumes: Mapping[_dt.date, int], window: WindowConfig, qual
     if n == 0 and not quality.allow_empty_day:
         raise QualityError(
             f"no interactions on {day} (the validation day; median of the {len(recent)} days before: {baseline:g}): "
-            "the day's data has not arrived or is lost; set quality.allow_empty_day = true to run anyway. Nothing was written"
+            "the day's data has not arrived or is lost: wait for it, or choose another validation date. Nothing was written"
         )
     if baseline <= 0:
         facts["ratio"] = None

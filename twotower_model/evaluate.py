@@ -18,6 +18,10 @@ Two parts, both written to ``metrics.json`` (``docs/evaluation.md`` defines ever
   computed for ``popularity`` (everyone gets the K most interacted-with train items) and
   ``random`` (K distinct uniform items per user). Content similarity, clusters and creators
   come from the features folder's ``artifacts/items.parquet`` (``items.items_artifact``).
+
+Before anything is scored, the model must have been trained on this features folder
+(``provenance.check_model``) and the validation split's files must be those of the manifest
+(``provenance.check_split_files``); either refusal is a ``UserError`` naming the fix.
 """
 from __future__ import annotations
 
@@ -36,7 +40,14 @@ from twotower_features.spec import FeatureSpec
 from . import diagnostics as D
 from .items import ItemsArtifact, items_artifact, read_item_counts, read_item_embeddings
 from .layout import METRICS_FILE, PREDICTIONS_FILE
-from .metrics import SCORE, TABLE_METRICS, compute_metrics, reference_scores, write_metrics_json
+from .metrics import (
+    SCORE,
+    TABLE_METRICS,
+    compute_metrics,
+    reference_scores,
+    write_metrics_json,
+)
+from .provenance import check_model, check_split_files
 
 DIAGNOSTIC_KS = (10, 100)
 COVERAGE_KS = (1, 5, 10, 20, 50, 100)
@@ -80,10 +91,14 @@ def evaluate(
 
     Returns (and writes as ``out_dir/metrics.json``, NaN as null) ``experiment``, ``rows`` and,
     with ``diagnostics``, ``diagnostics`` and ``coverage_curve`` (see ``catalog_diagnostics``).
+    Refuses (``provenance.ProvenanceError``) a model trained on another features folder, and
+    (``provenance.IncompleteFeaturesError``) a validation split whose files differ from the manifest.
     """
     from .predict import predict
 
     spec = FeatureSpec.load(features_dir)
+    check_model(model_dir, features_dir)
+    check_split_files(features_dir, ["validation"], spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     preds = predict(model_dir, features_dir, split="validation")

@@ -4,10 +4,15 @@
   a SavedModel whose ``serving_default`` signature maps the tower's raw feature tensors by
   column name to ``{"embedding": [batch, output_dim]}``, its half of the head included;
 - ``load_model``: the Keras model back (towers, head, task);
-- ``load_towers``: the two exported towers (``ExportedTowers``), which score without Keras.
+- ``load_towers``: the two exported towers (``ExportedTowers``), which score without Keras;
+  given the features folder, it refuses towers trained on other features (``provenance.py``).
+
+Each exported tower carries the provenance of its training features (``provenance.py``) as
+the JSON string variable ``layout.TOWER_PROVENANCE`` (empty when saved without one).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,25 +20,35 @@ import keras
 import tensorflow as tf
 
 from . import optimizer  # noqa: F401  registers LazyAdam, which model.keras names, for load_model
-from .layout import EMBEDDING, ITEM_TOWER_DIR, MODEL_FILE, USER_TOWER_DIR
+from .layout import (
+    EMBEDDING,
+    ITEM_TOWER_DIR,
+    MODEL_FILE,
+    TOWER_PROVENANCE,
+    USER_TOWER_DIR,
+)
 from .model import TwoTowerModel
+from .provenance import check_provenance, features_provenance
 
 
-def save_model(model: TwoTowerModel, model_dir: str | Path) -> None:
-    """``model.keras`` plus the two exported towers under ``model_dir``."""
+def save_model(model: TwoTowerModel, model_dir: str | Path, *, provenance: Mapping[str, Any] | None = None) -> None:
+    """``model.keras`` plus the two exported towers under ``model_dir``, each carrying
+    ``provenance`` (``provenance.features_provenance`` of the training features) when given."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     model.save(model_dir / MODEL_FILE)
-    export_tower(model, "user", model_dir / USER_TOWER_DIR)
-    export_tower(model, "item", model_dir / ITEM_TOWER_DIR)
+    export_tower(model, "user", model_dir / USER_TOWER_DIR, provenance=provenance)
+    export_tower(model, "item", model_dir / ITEM_TOWER_DIR, provenance=provenance)
 
 
 class _TowerExport(tf.Module):
-    def __init__(self, model: TwoTowerModel, side: str) -> None:
+    def __init__(self, model: TwoTowerModel, side: str, provenance: Mapping[str, Any] | None) -> None:
         super().__init__(name=f"{side}_tower_export")
         self.tower = model.user_tower if side == "user" else model.item_tower
         self.head = model.head
         self.side = side
+        text = json.dumps(dict(provenance), sort_keys=True) if provenance else ""
+        setattr(self, TOWER_PROVENANCE, tf.Variable(text, trainable=False, dtype=tf.string, name=TOWER_PROVENANCE))
         self.embed = tf.function(self._embed)
 
     def _embed(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -42,12 +57,13 @@ class _TowerExport(tf.Module):
         return {EMBEDDING: vec}
 
 
-def export_tower(model: TwoTowerModel, side: str, path: str | Path) -> None:
+def export_tower(model: TwoTowerModel, side: str, path: str | Path, *, provenance: Mapping[str, Any] | None = None) -> None:
     """Save one tower (with its half of the head) as a SavedModel with a ``serving_default``
-    signature: raw feature tensors by column name -> ``{"embedding": [batch, output_dim]}``."""
+    signature: raw feature tensors by column name -> ``{"embedding": [batch, output_dim]}``,
+    and ``provenance`` as its ``layout.TOWER_PROVENANCE`` string variable."""
     if side not in ("user", "item"):
         raise ValueError(f"side must be 'user' or 'item', got {side!r}")
-    module = _TowerExport(model, side)
+    module = _TowerExport(model, side, provenance)
     signature = module.embed.get_concrete_function(module.tower.input_signature())
     tf.saved_model.save(module, str(path), signatures={"serving_default": signature})
 
@@ -61,17 +77,29 @@ def load_model(model_dir: str | Path) -> TwoTowerModel:
 
 
 class ExportedTowers:
-    """The two exported towers of a model folder; ``score`` = dot of their embeddings."""
+    """The two exported towers of a model folder; ``score`` = dot of their embeddings.
 
-    def __init__(self, model_dir: str | Path) -> None:
+    ``provenance[side]``: the training features' provenance the tower carries (None when it was
+    saved without). With ``features_dir``, each tower's provenance must equal that folder's
+    (``provenance.check_provenance``), else ``ProvenanceError``."""
+
+    def __init__(self, model_dir: str | Path, features_dir: str | Path | None = None) -> None:
         model_dir = Path(model_dir)
         self._sigs = {}
         self.feature_names: dict[str, list[str]] = {}
+        self.provenance: dict[str, dict[str, Any] | None] = {}
+        expected = features_provenance(features_dir) if features_dir is not None else None
         for side, sub in (("user", USER_TOWER_DIR), ("item", ITEM_TOWER_DIR)):
             path = model_dir / sub
             if not path.is_dir():
                 raise FileNotFoundError(f"no exported {side} tower at {str(path)!r}: run train first")
-            sig = tf.saved_model.load(str(path)).signatures["serving_default"]
+            loaded = tf.saved_model.load(str(path))
+            var = getattr(loaded, TOWER_PROVENANCE, None)
+            text = var.numpy().decode("utf-8") if var is not None else ""
+            self.provenance[side] = json.loads(text) if text else None
+            if expected is not None:
+                check_provenance(self.provenance[side], expected, model_dir=path, feat_dir=features_dir, what=f"exported {side} tower")
+            sig = loaded.signatures["serving_default"]
             self._sigs[side] = sig
             self.feature_names[side] = sorted(sig.structured_input_signature[1])
 
@@ -87,6 +115,7 @@ class ExportedTowers:
         return tf.reduce_sum(self.embed("user", features) * self.embed("item", features), axis=-1)
 
 
-def load_towers(model_dir: str | Path) -> ExportedTowers:
-    """The two exported towers of ``model_dir``."""
-    return ExportedTowers(model_dir)
+def load_towers(model_dir: str | Path, features_dir: str | Path | None = None) -> ExportedTowers:
+    """The two exported towers of ``model_dir``; given ``features_dir``, refused (``ProvenanceError``)
+    unless they were trained on that features folder."""
+    return ExportedTowers(model_dir, features_dir)

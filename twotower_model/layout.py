@@ -13,6 +13,10 @@ A model folder holds:
 - ``item_embeddings.parquet``: ``item_id`` (string), ``embedding`` (list<float>), one row per
   catalog item; written by ``predict.write_item_embeddings``, read by ``items.read_item_embeddings``;
 - ``resolved_model_config.json``: the ``ModelConfig`` with every default filled in;
+- ``provenance.json``: the features folder the model was trained on (``provenance.py``: its
+  manifest's ``config_hash``, ``data_hash``, ``created_at``, the feature spec's version and
+  sha256, its path); each exported tower carries the same JSON as its string variable
+  ``provenance``, so a loader of the towers alone can check it;
 - ``train_report.json``: examples, examples/s, epochs, losses, wall time, optimiser.
 
 An evaluation folder holds ``predictions.parquet`` (``predict`` of the validation split) and
@@ -27,6 +31,9 @@ MODEL_FILE = "model.keras"
 ITEM_EMBEDDINGS_FILE = "item_embeddings.parquet"
 CONFIG_FILE = "resolved_model_config.json"
 REPORT_FILE = "train_report.json"
+PROVENANCE_FILE = "provenance.json"
+# the exported towers' attribute (a string tf.Variable) holding the provenance as JSON
+TOWER_PROVENANCE = "provenance"
 # the exported towers' output key, and the vector column of item_embeddings.parquet
 EMBEDDING = "embedding"
 

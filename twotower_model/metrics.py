@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -299,30 +300,74 @@ def write_metrics_json(metrics: Mapping[str, Any], out: str | os.PathLike) -> Pa
     return write_json_atomic(out, _json_safe(dict(metrics)))
 
 
+class PredictionsError(UserError, ValueError):
+    """A predictions table that cannot be read or scored; the message names its path."""
+
+
+class PredictionsNotFoundError(PredictionsError, FileNotFoundError):
+    """The predictions path does not exist."""
+
+
+_PREDICTIONS_EXPECTED = f"expected a Parquet file or folder with columns {', '.join(PREDICTION_COLUMNS)}"
+
+
 def read_predictions(predictions: str | os.PathLike) -> pd.DataFrame:
     """A predictions table (parquet file or folder of parts, e.g. Spark output) as pandas.
 
     Reads ``user_id``, ``item_id``, ``label``, ``score`` only; files whose names start with
-    ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are ignored, as by Spark.
+    ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are ignored, as by Spark. A path that does not
+    exist, is not Parquet, holds no Parquet file or lacks a column raises a ``PredictionsError``
+    (``MissingColumnsError`` for the columns) naming the path and what is expected.
     """
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
     path = Path(predictions)
     if not path.exists():
-        raise FileNotFoundError(f"'predictions' path does not exist: {path}")
-    dataset = ds.dataset(str(path), format="parquet", partitioning="hive")
+        raise PredictionsNotFoundError(f"'predictions' path does not exist: {path}; {_PREDICTIONS_EXPECTED}")
+
+    def unreadable(e: Exception) -> PredictionsError:
+        text = str(e)
+        source = re.search(r"Parquet input source '(.*?)': Parquet magic bytes not found", text)
+        if source and Path(source.group(1)) == path:
+            return PredictionsError(f"predictions table {path} is not a Parquet file; {_PREDICTIONS_EXPECTED}")
+        if source:
+            return PredictionsError(f"predictions table {path}: {source.group(1)} is not a Parquet file; {_PREDICTIONS_EXPECTED}")
+        reason = text.splitlines()[0][:300] if text else type(e).__name__
+        return PredictionsError(f"predictions table {path} is not readable as Parquet ({reason}); {_PREDICTIONS_EXPECTED}")
+
+    try:
+        dataset = ds.dataset(str(path), format="parquet", partitioning="hive")
+    except (pa.ArrowException, OSError) as e:
+        raise unreadable(e) from None
+    if not dataset.files:
+        raise PredictionsError(f"predictions table {path} holds no Parquet files; {_PREDICTIONS_EXPECTED}")
     names = dataset.schema.names
     missing = [c for c in PREDICTION_COLUMNS if c not in names]
     if missing:
-        raise MissingColumnsError(f"predictions table {path} is missing column(s) {missing}; it has {names}")
-    return dataset.to_table(columns=list(PREDICTION_COLUMNS)).to_pandas()
+        raise MissingColumnsError(
+            f"predictions table {path} is missing column(s) {missing}; it has {names}; {_PREDICTIONS_EXPECTED}"
+        )
+    try:
+        return dataset.to_table(columns=list(PREDICTION_COLUMNS)).to_pandas()
+    except (pa.ArrowException, OSError) as e:  # a later part that is not Parquet, or of another schema
+        raise unreadable(e) from None
 
 
 def evaluate_predictions_file(predictions: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
     """Metrics of a predictions table (``user_id``, ``item_id``, ``label``, ``score``), written
     to ``out`` as JSON and returned; backs ``twotower metrics --predictions FILE --out FILE.json``.
+
+    Every refusal is a ``UserError`` naming the file: ``read_predictions``'s, and a column the
+    metrics cannot use (a label that is not 0/1, a null ``user_id``, a NaN or non-numeric score).
     """
-    metrics = metrics_from_frame(read_predictions(predictions))
+    frame = read_predictions(predictions)
+    try:
+        metrics = metrics_from_frame(frame)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as e:  # the checks of the columns' values, which name the column
+        raise PredictionsError(f"predictions table {Path(predictions)}: {e}") from None
     write_metrics_json(metrics, out)
     return metrics
 

@@ -3,7 +3,9 @@
 ``fit_model(feat_dir, cfg)`` builds the model from the feature spec (``model.build_model``) and
 trains it on the ``train`` split; ``train(feat_dir, model_dir, cfg)`` also saves it
 (``export.save_model``), writes the catalog's item embeddings (``predict.write_item_embeddings``),
-the resolved ``ModelConfig`` and the training report: ``layout.py`` lists the folder's files.
+the resolved ``ModelConfig``, the training report and the provenance of the features
+(``provenance.py``): ``layout.py`` lists the folder's files. Both refuse a features folder whose
+TFRecord files differ from its manifest (``provenance.check_split_files``) before training.
 """
 from __future__ import annotations
 
@@ -19,13 +21,14 @@ from twotower_features.config import ModelConfig
 from twotower_features.io import write_json_atomic
 from twotower_features.spec import FeatureSpec
 
-from .data import count_records, make_dataset
+from .data import CATALOG, SPLITS_KEY, make_dataset
 from .export import save_model
 from .items import read_item_counts
 from .layout import CONFIG_FILE, ITEM_EMBEDDINGS_FILE, REPORT_FILE
 from .model import TwoTowerModel, build_model
 from .optimizer import make_optimizer
 from .predict import write_item_embeddings
+from .provenance import check_split_files, features_provenance, write_model_provenance
 from .tasks import InBatchSoftmaxTask
 
 # train steps per call of Keras' compiled train function: amortises the per-step Python and
@@ -42,6 +45,8 @@ def fit_model(
 ) -> tuple[TwoTowerModel, dict[str, Any]]:
     """Build the model from the feature spec and train it on the ``train`` split for
     ``model_cfg.epochs`` epochs; returns the model and the training report (nothing is saved).
+    First checks the files of the splits it reads (train, and validation when the spec has one)
+    against the manifest (``provenance.check_split_files``), whose record counts it then uses.
 
     Deterministic given ``model_cfg.seed`` on CPU: the seed fixes the initial weights, the
     file and record shuffles, and the interleave order. ``optimizer``: see ``make_optimizer``.
@@ -51,6 +56,8 @@ def fit_model(
     started = time.perf_counter()
     feat_dir = Path(feat_dir)
     spec = FeatureSpec.load(feat_dir)
+    has_validation = "validation" in spec.extras.get(SPLITS_KEY, {})
+    records = check_split_files(feat_dir, ["train", "validation"] if has_validation else ["train"], spec)
     keras.utils.set_random_seed(model_cfg.seed)
 
     counts = read_item_counts(feat_dir, spec) if model_cfg.loss == "softmax" else None
@@ -60,7 +67,7 @@ def fit_model(
     model = build_model(spec, feat_dir, model_cfg, item_counts=item_counts)
     model.compile(optimizer=make_optimizer(model_cfg.learning_rate, optimizer), steps_per_execution=STEPS_PER_EXECUTION)
 
-    n_train = count_records(feat_dir, "train", spec)
+    n_train = records["train"]
     if n_train == 0:
         raise ValueError(f"split 'train' in {str(feat_dir)!r} has no records")
     columns = _training_columns(spec, model)
@@ -82,8 +89,8 @@ def fit_model(
     progress(f"trained {n_train * model_cfg.epochs} examples in {timer.total_seconds:.1f} s: {examples_per_s:,.0f} examples/s")
 
     validation_loss = None
-    if "validation" in spec.extras.get("splits", {}):
-        n_val = count_records(feat_dir, "validation", spec)
+    if has_validation:
+        n_val = records["validation"]
         val_ds = make_dataset(
             feat_dir, "validation", spec, batch_size=model_cfg.batch_size, shuffle=False, seed=0, columns=columns
         ).apply(tf.data.experimental.assert_cardinality(-(-n_val // model_cfg.batch_size)))
@@ -116,13 +123,17 @@ def train(
     *,
     progress: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """``fit_model``, then save everything to ``model_dir`` (the files: ``layout.py``) and
-    return the training report (also written as ``train_report.json``)."""
+    """``fit_model``, then save everything to ``model_dir`` (the files: ``layout.py``), the towers
+    and ``provenance.json`` stamped with the features' provenance, and return the training report
+    (also written as ``train_report.json``). The catalog's files are checked before training too."""
     started = time.perf_counter()
+    provenance = features_provenance(feat_dir)
+    check_split_files(feat_dir, [CATALOG])
     model, report = fit_model(feat_dir, model_cfg, progress=progress)
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    save_model(model, model_dir)
+    save_model(model, model_dir, provenance=provenance)
+    write_model_provenance(model_dir, provenance)
     report["catalog_items"] = write_item_embeddings(model, feat_dir, model_dir / ITEM_EMBEDDINGS_FILE)
     write_json_atomic(model_dir / CONFIG_FILE, _config_dict(model_cfg))
     report["wall_time_seconds"] = time.perf_counter() - started

@@ -100,9 +100,9 @@ class Reference:
 
 @pytest.fixture(scope="session")
 def reference(spark, tmp_path_factory) -> Reference:
+    from twotower.stages import run as run_features
     from twotower_features.config import ExperimentConfig
     from twotower_features.generate import generate
-    from twotower.stages import run as run_features
 
     root = tmp_path_factory.mktemp("cluster-reference")
     config = root / "cluster-test.toml"

@@ -19,9 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
+from tests.twotower.test_staging import tree_digest
 from twotower_features import columns as C
 from twotower_features.config import ExperimentConfig
-from twotower_features.pipeline import StageError, run_embeddings, run_examples, run_prepare
+from twotower_features.pipeline import (
+    StageError,
+    run_embeddings,
+    run_examples,
+    run_prepare,
+)
 
 from .conftest import (
     assert_same_delta_table,
@@ -39,14 +45,6 @@ pytestmark = pytest.mark.slow
 def _fault_env(cluster_env: dict[str, str], fault: str, marks: Path) -> dict[str, str]:
     marks.mkdir(parents=True, exist_ok=True)
     return {**cluster_env, "TWOTOWER_FAULT": fault, "TWOTOWER_FAULT_DIR": str(marks)}
-
-
-def _data_files(table: Path) -> set[str]:
-    return {str(p.relative_to(table)) for p in table.rglob("*.parquet")}
-
-
-def _commits(table: Path) -> list[str]:
-    return sorted(p.name for p in (table / "_delta_log").glob("*.json"))
 
 
 @contextlib.contextmanager
@@ -97,48 +95,54 @@ def test_executor_killed_mid_shuffle_in_local_cluster_mode(spark, reference, spa
     assert_same_outputs(spark, out, reference.out)
 
 
+def _commits(table: Path) -> list[str]:
+    return sorted(p.name for p in (table / "_delta_log").glob("*.json"))
+
+
 # ------------------------------------------------------------------------------ driver killed, then rerun
-def test_driver_killed_before_delta_commit_then_rerun(spark, reference, spark_home, cluster_env, tmp_path):
+# A stage command builds into a staging folder beside --output and publishes it whole
+# (twotower/staging.py); the stage's own commits (Delta, the TFRecord swap) happen there. A driver
+# killed before either commit leaves --output byte-identical, readable throughout, and its staging
+# folder behind; the rerun removes that folder and publishes outputs equal to a clean run's.
+def _staging_folders(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}.staging-*"))
+
+
+def _killed_then_rerun(spark, reference, spark_home, cluster_env, tmp_path, *, stage: str, fault: str, mark: str, read) -> None:
     out = copy_outputs(reference.out, tmp_path / "out")
-    table = out / "tables" / "examples"
-    expected_rows = spark.read.format("delta").load(str(reference.out / "tables" / "examples")).count()
-    commits, files = _commits(table), _data_files(table)
+    before = tree_digest(out)
+    expected = read(reference.out)
     marks = tmp_path / "marks"
-    env = _fault_env(cluster_env, "kill_driver_before_delta_commit@examples", marks)
-    cmd = submit_command(spark_home, "local[2]", "examples", stage_args(reference, out), {"spark.local.dir": str(tmp_path / "local")})
-    with _reading(lambda: spark.read.format("delta").load(str(table)).count()) as reads:
-        run_submit(cmd, env, tmp_path / "killed.log", expect_rc=-signal.SIGKILL)
-    assert (marks / "driver-killed-before-delta-commit-examples").exists()
-    assert reads and all(r == expected_rows for r in reads), reads  # the previous version, whole, throughout
-    assert _data_files(table) - files, "killed before any new data file was written"
-    assert _commits(table) == commits  # ... and before the commit
-    assert_same_delta_table(spark, table, reference.out / "tables" / "examples")
+    cmd = submit_command(spark_home, "local[2]", stage, stage_args(reference, out), {"spark.local.dir": str(tmp_path / "local")})
+    with _reading(lambda: read(out)) as reads:
+        run_submit(cmd, _fault_env(cluster_env, fault, marks), tmp_path / "killed.log", expect_rc=-signal.SIGKILL)
+    assert (marks / mark).exists()
+    assert reads and all(r == expected for r in reads), reads  # the published output, whole, throughout
+    assert tree_digest(out) == before  # not one byte of --output changed
+    (staging,) = _staging_folders(out)  # the killed build, never published
+    assert any(staging.rglob("*.parquet")) or any(staging.rglob("*.tfrecord"))
 
     run_submit(cmd, cluster_env, tmp_path / "rerun.log")
-    assert len(_commits(table)) == len(commits) + 1  # the rerun committed once; the orphans stay unread
-    assert_same_delta_table(spark, table, reference.out / "tables" / "examples")
+    assert _staging_folders(out) == []  # the leftover is cleaned
+    later = stage != "tfrecords"  # a rerun stage's later stages' outputs would be stale: removed
+    assert (out / "tfrecords").exists() != later and (out / "manifest.json").exists() != later
+    assert_same_outputs(spark, out, reference.out, tfrecords=not later)  # equal to the clean run's
+
+
+def test_driver_killed_before_delta_commit_then_rerun(spark, reference, spark_home, cluster_env, tmp_path):
+    _killed_then_rerun(
+        spark, reference, spark_home, cluster_env, tmp_path, stage="examples",
+        fault="kill_driver_before_delta_commit@examples", mark="driver-killed-before-delta-commit-examples",
+        read=lambda out: spark.read.format("delta").load(str(out / "tables" / "examples")).count(),
+    )
 
 
 def test_driver_killed_before_tfrecord_commit_then_rerun(spark, reference, spark_home, cluster_env, tmp_path):
-    out = copy_outputs(reference.out, tmp_path / "out")
-    folder = out / "tfrecords" / "train"
-    expected = tfrecord_records(reference.out / "tfrecords" / "train")
-    inode = folder.stat().st_ino
-    marks = tmp_path / "marks"
-    env = _fault_env(cluster_env, "kill_driver_before_tfrecord_commit@train", marks)
-    cmd = submit_command(spark_home, "local[2]", "tfrecords", stage_args(reference, out), {"spark.local.dir": str(tmp_path / "local")})
-    with _reading(lambda: tfrecord_records(folder)) as reads:
-        run_submit(cmd, env, tmp_path / "killed.log", expect_rc=-signal.SIGKILL)
-    assert (marks / "driver-killed-kill_driver_before_tfrecord_commit-train").exists()
-    assert reads and all(r == expected for r in reads)  # the previous shards, whole, throughout
-    staged = list((out / "tfrecords").glob("train.tmp-*"))
-    assert len(staged) == 1 and (staged[0] / "_SUCCESS").exists()  # the new output was complete, not swapped in
-    assert folder.stat().st_ino == inode and tfrecord_records(folder) == expected
-
-    run_submit(cmd, cluster_env, tmp_path / "rerun.log")
-    assert not list((out / "tfrecords").glob("train.*-*"))  # the leftover tmp folder is cleaned
-    assert folder.stat().st_ino != inode  # a new folder was swapped in ...
-    assert_same_outputs(spark, out, reference.out)  # ... equal to the clean run's
+    _killed_then_rerun(
+        spark, reference, spark_home, cluster_env, tmp_path, stage="tfrecords",
+        fault="kill_driver_before_tfrecord_commit@train", mark="driver-killed-kill_driver_before_tfrecord_commit-train",
+        read=lambda out: tfrecord_records(out / "tfrecords" / "train"),
+    )
 
 
 # ------------------------------------------------------------------------------ bad inputs
@@ -250,7 +254,7 @@ def test_nan_and_inf_embeddings_quarantine_their_items_rows(spark, reference, tm
     quarantine = spark.read.format("delta").load(str(out / "tables" / "quarantine"))
     assert sorted(r[0] for r in quarantine.select(C.ITEM_ID).distinct().collect()) == sorted([nan_item, inf_item])
     assert quarantine.count() == expected_quarantined
-    assert quarantine.filter(F.col(C.QUARANTINE_REASON).isNull()).count() == 0
+    assert {r[0] for r in quarantine.select(C.QUARANTINE_REASON).distinct().collect()} == {"bad_item_embedding"}
     assert rep.rows_in["valid"] == window.num_rows - expected_quarantined  # every row valid or quarantined
     run_embeddings(spark, cfg, str(data), str(out), log=lambda _: None)
     run_examples(spark, cfg, str(data), str(out), log=lambda _: None)

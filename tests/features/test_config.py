@@ -253,7 +253,7 @@ def test_filters_client_cap_scales_with_the_window():
 # ------------------------------------------------------------------------------ label
 @pytest.mark.parametrize("value", ["", "   ", 1, None, True, ["liked"]])
 def test_label_rule_must_be_a_non_empty_string(value):
-    refused({"label": {"rule": value}}, "label.rule", "a non-empty SQL expression")
+    refused({"label": {"rule": value}}, "label.rule", "a non-empty boolean expression")
 
 
 def test_label_rule_takes_a_seed_rule():

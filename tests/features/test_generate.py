@@ -11,7 +11,13 @@ import pytest
 from pyspark.sql import functions as F
 from sklearn.metrics import roc_auc_score
 
-from twotower_features.generate import GenerateError, GenerateParams, block_items, build_world, generate
+from twotower_features.generate import (
+    GenerateError,
+    GenerateParams,
+    block_items,
+    build_world,
+    generate,
+)
 
 START = dt.date(2026, 6, 18)
 ARGS = dict(users=60, items=80, days=10, start=START, seed=3, embedding_dim=16, bad_row_share=0.05)

@@ -10,11 +10,22 @@ from pyspark.sql import functions as F
 
 from twotower_features import columns as C
 from twotower_features import filters as flt
-from twotower_features.config import FilterConfig, LabelConfig, SamplingConfig, WeightConfig, WindowConfig
+from twotower_features.config import (
+    FilterConfig,
+    LabelConfig,
+    SamplingConfig,
+    WeightConfig,
+    WindowConfig,
+)
 from twotower_features.history import HistoryParams, mark_history_events, user_histories
 from twotower_features.labels import LabelRuleError, add_label, add_weight
 from twotower_features.sampling import rebalance_rates, sample_users
-from twotower_features.validate import ContractError, check_schema, quarantine_interactions, INTERACTION_SCHEMA
+from twotower_features.validate import (
+    INTERACTION_SCHEMA,
+    ContractError,
+    check_schema,
+    quarantine_interactions,
+)
 from twotower_features.window import assign_split
 
 DAY = dt.date(2026, 7, 1)
@@ -186,7 +197,9 @@ def test_rebalance_rates():
 
 # ------------------------------------------------------------------------ histories
 def _user_table(events, avg):
-    """events: (item, second, label, time_spent); avg: item -> average time spent."""
+    """events: (item, second, label, time_spent); avg: item -> average time spent. The history
+    flags are written here by hand (the rule: a negative below its item's average), for the
+    tests of the list mechanics; the rule itself is tested through `mark_history_events`."""
     base = dt.datetime(2026, 7, 1, tzinfo=dt.timezone.utc)
     t = pa.table(
         {
@@ -200,8 +213,8 @@ def _user_table(events, avg):
     return t
 
 
-def test_history_lists_point_in_time_ties_and_negative_rule():
-    avg = {"a": 10.0, "b": 10.0, "c": 10.0, "d": 10.0, "e": 10.0}
+def test_history_lists_point_in_time_ties_and_negative_rule(spark):
+    # (item, second, label, time_spent); every item's train average time spent is 10.0
     events = [
         ("a", 0, 1, 5.0),  # positive at t0
         ("c", 10, 1, 5.0),  # two positives at the same instant t10: ...
@@ -210,8 +223,13 @@ def test_history_lists_point_in_time_ties_and_negative_rule():
         ("e", 30, 0, 9.9),  # negative below the average: enters the negative history
         ("a", 40, 0, 1.0),
     ]
+    # the flags come from the function production calls (pipeline -> compute_histories)
+    df = frame(spark, [row("u", item, sec, time_spent=spent) for item, sec, _, spent in events])
+    df = df.withColumn(C.LABEL, F.when(F.col(C.ITEM_ID).isin("b", "c") | ((F.col(C.ITEM_ID) == "a") & (F.col(C.TIME_SPENT) == 5.0)), 1).otherwise(0))
+    df = df.withColumn(C.ITEM_AVG_TIME_SPENT, F.lit(10.0))
+    marked = mark_history_events(df).select(C.USER_ID, C.ITEM_ID, C.EVENT_TS, "_is_pos", "_is_neg").toArrow()
     p = HistoryParams(n=2, aggregations=(), concat_k=1, keep_lists=True, emb_dim=0, n_clusters=0, matrix_file=None)
-    out = user_histories(_user_table(events, avg), p).to_pylist()
+    out = user_histories(marked, p).to_pylist()
     got = {(r[C.ITEM_ID], r[C.EVENT_TS].second): (r["pos_history"], r["neg_history"]) for r in out}
     assert got[("a", 0)] == ([], [])
     # b and c at t10 do not see each other (same instant), only 'a'
@@ -249,6 +267,20 @@ def test_history_aggregations_match_the_lists(tmp_path):
 
 
 def test_history_marks_use_item_average(spark):
-    df = frame(spark, [row("u", "a", 0, time_spent=5.0), row("u", "a", 1, time_spent=15.0)]).withColumn(C.LABEL, F.lit(0)).withColumn(C.ITEM_AVG_TIME_SPENT, F.lit(10.0))
-    got = sorted((r[C.TIME_SPENT], r["_is_neg"]) for r in mark_history_events(df).collect())
-    assert got == [(5.0, True), (15.0, False)]
+    # (time_spent, label, item average) -> (_is_pos, _is_neg): a negative enters the negative
+    # history only strictly below its item's average; a positive is always a positive
+    cases = [
+        (5.0, 0, 10.0, False, True),
+        (9.999, 0, 10.0, False, True),
+        (10.0, 0, 10.0, False, False),  # equal: not below
+        (15.0, 0, 10.0, False, False),
+        (5.0, 1, 10.0, True, False),
+        (5.0, 0, None, False, False),  # no train average for the item: never a negative-history item
+    ]
+    rows = [row("u", "a", k, time_spent=t) for k, (t, *_rest) in enumerate(cases)]
+    df = frame(spark, rows).withColumn("_k", F.second(C.EVENT_TS))
+    labels = F.create_map(*[x for k, c in enumerate(cases) for x in (F.lit(k), F.lit(c[1]))])
+    avgs = F.create_map(*[x for k, c in enumerate(cases) for x in (F.lit(k), F.lit(c[2]).cast("double"))])
+    df = df.withColumn(C.LABEL, labels[F.col("_k")]).withColumn(C.ITEM_AVG_TIME_SPENT, avgs[F.col("_k")])
+    got = sorted((r["_k"], r["_is_pos"], bool(r["_is_neg"])) for r in mark_history_events(df).collect())
+    assert got == [(k, c[3], c[4]) for k, c in enumerate(cases)]

@@ -344,3 +344,71 @@ def test_oracle_beats_popularity_beats_random_on_generated_labels():
 def test_table_order_lists_the_same_six_metrics():
     assert TABLE_METRICS == ("auc", "ndcg@5", "ndcg@10", "mrr", "map", "cust_map@10")
     assert sorted(TABLE_METRICS) == sorted(METRIC_KEYS) and len(set(METRIC_KEYS)) == 6
+
+
+# ---- predictions files a user got wrong: a UserError naming the file and what is expected ------
+PREDICTIONS_EXPECTED = "expected a Parquet file or folder with columns user_id, item_id, label, score"
+
+
+def _user_error(call):
+    from twotower_features.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        call()
+    return str(e.value)
+
+
+def test_predictions_csv_is_not_parquet(tmp_path):
+    src = tmp_path / "predictions.csv"
+    src.write_text("user_id,item_id,label,score\n1,2,1,0.5\n")
+    message = _user_error(lambda: evaluate_predictions_file(src, tmp_path / "m.json"))
+    assert message == f"predictions table {src} is not a Parquet file; {PREDICTIONS_EXPECTED}"
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_predictions_folder_with_a_part_that_is_not_parquet(tmp_path):
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    _frame().to_parquet(folder / "part-0.parquet")
+    (folder / "part-1.csv").write_text("user_id,item_id,label,score\n")
+    message = _user_error(lambda: evaluate_predictions_file(folder, tmp_path / "m.json"))
+    assert message == f"predictions table {folder}: {folder / 'part-1.csv'} is not a Parquet file; {PREDICTIONS_EXPECTED}"
+
+
+def test_predictions_folder_without_parquet_files(tmp_path):
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    (folder / "_SUCCESS").write_text("")
+    message = _user_error(lambda: evaluate_predictions_file(folder, tmp_path / "m.json"))
+    assert message == f"predictions table {folder} holds no Parquet files; {PREDICTIONS_EXPECTED}"
+
+
+def test_predictions_without_score_names_the_file_and_the_column(tmp_path):
+    src = tmp_path / "p.parquet"
+    _frame().drop(columns=["score"]).to_parquet(src)
+    message = _user_error(lambda: evaluate_predictions_file(src, tmp_path / "m.json"))
+    assert message == (
+        f"predictions table {src} is missing column(s) ['score']; it has ['user_id', 'item_id', 'label']; {PREDICTIONS_EXPECTED}"
+    )
+
+
+def test_predictions_path_missing_is_a_user_error_and_file_not_found(tmp_path):
+    src = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError):
+        evaluate_predictions_file(src, tmp_path / "m.json")
+    assert _user_error(lambda: evaluate_predictions_file(src, tmp_path / "m.json")) == (
+        f"'predictions' path does not exist: {src}; {PREDICTIONS_EXPECTED}"
+    )
+
+
+def test_predictions_with_bad_values_name_the_file_and_the_column(tmp_path):
+    src = tmp_path / "p.parquet"
+    _frame().assign(label=[1, 0, 2, 1]).to_parquet(src)
+    assert _user_error(lambda: evaluate_predictions_file(src, tmp_path / "m.json")) == (
+        f"predictions table {src}: column 'label' must be 0 or 1; 1 of 4 values are not (e.g. [2.0])"
+    )
+    _frame().assign(score=["a", "b", "c", "d"]).to_parquet(src)
+    assert _user_error(lambda: evaluate_predictions_file(src, tmp_path / "m.json")) == (
+        f"predictions table {src}: column 'score' must be numeric or boolean, got dtype object"
+    )
+    assert not (tmp_path / "m.json").exists()

@@ -7,6 +7,7 @@ visible through the ids (consistent per user/item) and, noisily, through ``user_
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,30 @@ def _slice(frame: dict[str, np.ndarray], a: int, b: int) -> dict[str, np.ndarray
     return {k: v[a:b] for k, v in frame.items()}
 
 
-def write_features(root: Path, *, seed: int = 0, n_train: int = 600, n_val: int = 200) -> dict[str, dict[str, np.ndarray]]:
+SHARDS = {  # the files of each split, as write_features writes them (train: two halves of n_train)
+    "train": ["tfrecords/train/part-00000.tfrecord", "tfrecords/train/part-00001.tfrecord"],
+    "validation": ["tfrecords/validation/part-00000.tfrecord"],
+    "catalog": ["tfrecords/catalog/part-00000.tfrecord"],
+}
+
+
+def write_manifest(root: Path, records: dict[str, list[int]], *, config_hash: str = "cfg0", data_hash: str = "data0",
+                   created_at: str = "2026-07-06T00:00:00+00:00") -> dict:
+    """``manifest.json`` as the tfrecords stage writes it: hashes, time, and per split the shards
+    (``SHARDS``) with the record counts given here and their sizes on disk."""
+    shards = {
+        split: [{"path": rel, "records": n, "bytes": (root / rel).stat().st_size} for rel, n in zip(SHARDS[split], records[split])]
+        for split in SHARDS
+    }
+    manifest = {
+        "experiment": "tiny", "created_at": created_at, "config_hash": config_hash, "data_hash": data_hash,
+        "rows": {s: sum(records[s]) for s in SHARDS}, "shards": shards,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def write_features(root: Path, *, seed: int = 0, n_train: int = 600, n_val: int = 200, **manifest) -> dict[str, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     user_group = {u: int(rng.integers(0, 2)) for u in USERS}
     user_hand = {u: HANDSETS[int(rng.integers(0, 3))] for u in USERS}
@@ -115,4 +139,5 @@ def write_features(root: Path, *, seed: int = 0, n_train: int = 600, n_val: int 
         keys=("user_id", "item_id", "event_ts"),
         extras={"splits": SPLITS, "item_frequency_file": "item_frequency.csv"},
     ).save(root)
+    write_manifest(root, {"train": [half, n_train - half], "validation": [n_val], "catalog": [N_ITEMS]}, **manifest)
     return {"train": train, "validation": val, "catalog": catalog}

@@ -20,12 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from twotower_features import columns as C
 from twotower.lock import ExclusiveLock, LockBusy
 from twotower.nightly import NightlyError, backfill, published_path, run_date
 from twotower.stages import NAMES as STAGES
+from twotower_features import columns as C
 
-from .conftest import D, PREV, copy_root, quiet, small_config
+from .conftest import PREV, D, copy_root, quiet, small_config
 
 REPO = Path(__file__).resolve().parents[2]
 

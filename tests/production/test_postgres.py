@@ -11,11 +11,17 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from twotower_features.config import ConfigError, ExperimentConfig, StatsConfig
 from twotower.nightly import published_path
-from twotower_features.stats_source import CredentialError, StatsSourceError, read_stats, resolve_password, stats_dates
+from twotower_features.config import ConfigError, ExperimentConfig, StatsConfig
+from twotower_features.stats_source import (
+    CredentialError,
+    StatsSourceError,
+    read_stats,
+    resolve_password,
+    stats_dates,
+)
 
-from .conftest import D, SMALL, copy_root
+from .conftest import SMALL, D, copy_root
 from .test_nightly import REPO, _toml, digest
 
 TABLES = ("user_stats", "item_stats", "creator_stats")

@@ -12,7 +12,13 @@ from pyspark.sql import functions as F
 from twotower_features import columns as C
 from twotower_features.config import ExperimentConfig, QualityConfig, WindowConfig
 from twotower_features.pipeline import StageError, run_prepare
-from twotower_features.validate import ContractError, QualityError, check_day_volume, conservation, quarantine_interactions
+from twotower_features.validate import (
+    ContractError,
+    QualityError,
+    check_day_volume,
+    conservation,
+    quarantine_interactions,
+)
 
 D = dt.date(2026, 7, 5)  # validation day; train_days = 2: train 07-03, 07-04
 SCHEMA = "user_id string, item_id string, event_ts timestamp, time_spent double, fraction_watched double, liked boolean, shared boolean, dt date"
@@ -43,7 +49,7 @@ BAD = [
     (ev("u1", "i1", D4, 5006, liked=None), "null_flag"),
     (ev("u1", "i1", D3, 5007, dt_=D4), "dt_mismatch"),  # event on 07-03 filed under dt 07-04
     (ev("u1", "ghost", D4, 5008), "unknown_item"),  # not in the items table
-    (ev("u2", "i5", D4, 5009), "unknown_item"),  # i5's dedup embedding holds NaN
+    (ev("u2", "i5", D4, 5009), "bad_item_embedding"),  # i5 is in the items table; its dedup embedding holds NaN
     (ev("u1", "i2", D4, 100), "duplicate_event"),  # the same (user, item, instant) as valid row k=1 of 07-04
 ]
 OUTSIDE = [ev("u1", "i1", dt.date(2026, 7, 1), 7)]  # before the window: never read, never counted
@@ -89,7 +95,7 @@ def test_each_broken_row_is_quarantined_with_its_reason_and_rows_are_conserved(s
     assert {k: v for k, v in rep["removed"].items() if k.startswith("quarantine:")} == {
         "quarantine:null_id": 1, "quarantine:bad_time_spent": 2, "quarantine:bad_fraction_watched": 1,
         "quarantine:fraction_watched_above_max": 1, "quarantine:null_flag": 1, "quarantine:dt_mismatch": 1,
-        "quarantine:unknown_item": 2, "quarantine:duplicate_event": 1,
+        "quarantine:unknown_item": 1, "quarantine:bad_item_embedding": 1, "quarantine:duplicate_event": 1,
     }
     cons = conservation(rep)
     # 40 in = 10 quarantined + 30 valid; the 30 valid rows are out or removed by a filter rule
@@ -127,8 +133,9 @@ def test_a_day_with_no_data_fails_before_writing(spark, tmp_path):
     with pytest.raises(QualityError, match="no interactions on 2026-07-05"):
         run_prepare(spark, cfg(), inputs, str(out), log=quiet)
     assert not out.exists()
-    rep = run_prepare(spark, cfg(allow_empty_day=True), inputs, str(out), log=quiet)
-    assert rep.rows_out["validation"] == 0 and rep.rows_in["interactions_in_window"] == 20
+    # allow_empty_day lets the volume check pass; a run without validation rows still fails, saying so
+    with pytest.raises(StageError, match=r"stage prepare leaves no validation rows \(2026-07-05\)"):
+        run_prepare(spark, cfg(allow_empty_day=True), inputs, str(out), log=quiet)
 
 
 def test_a_clean_rerun_empties_the_quarantine_of_its_window(spark, dirty_inputs, tmp_path):

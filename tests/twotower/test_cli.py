@@ -4,12 +4,7 @@ names the bad option, path or value, and no traceback.
 
 Every test runs behind guards (the autouse ``guards`` fixture): starting Spark, the trainer or
 the experiment runner raises ``AssertionError``, so an error that the CLI reports only after it
-has started Spark fails its test. The few tests that cannot avoid Spark say so and use the
-session's ``spark`` fixture, wrapped so that the CLI cannot stop it.
-
-Tests marked ``xfail(strict=True)`` pin down known defects of ``twotower/cli.py`` (a traceback
-instead of a clear error, Spark started before a check, a wrong exit status): they turn into
-failures once the defect is fixed, and the marker should then go.
+has started Spark fails its test: no test here needs a Spark session.
 """
 from __future__ import annotations
 
@@ -60,28 +55,8 @@ def guards(monkeypatch):
     train.train = _refuse("training")
     monkeypatch.setitem(sys.modules, "twotower_model.train", train)
     experiment = types.ModuleType("twotower.experiment")
-    experiment.ExperimentError = type("ExperimentError", (RuntimeError,), {})
     experiment.run_experiment = _refuse("experiment")
     monkeypatch.setitem(sys.modules, "twotower.experiment", experiment)
-
-
-class _NoStop:
-    """The shared test session for the CLI: its ``stop()`` (called in some commands' ``finally``) is a no-op."""
-
-    def __init__(self, session) -> None:
-        self._session = session
-
-    def __getattr__(self, name):
-        return getattr(self._session, name)
-
-    def stop(self) -> None:
-        pass
-
-
-@pytest.fixture
-def shared_spark(spark, monkeypatch):
-    monkeypatch.setattr(cli, "_spark", lambda ctx, app: _NoStop(spark))
-    return spark
 
 
 def invoke(*args: str) -> Result:
@@ -194,6 +169,8 @@ CONFIG_COMMANDS = (*FEATURE_COMMANDS, "train", "demo", "experiment run", "nightl
 @pytest.mark.parametrize("command", CONFIG_COMMANDS)
 def test_bad_config_file_is_refused_before_spark(command, case, tmp_path, inp):
     text, fragments = BAD_CONFIGS[case]
+    if command == "experiment run":  # its configs are positional NAMES, not --config
+        fragments = tuple("NAMES" if f == "--config" else f for f in fragments)
     config = write(tmp_path / "bad.toml", text)
     assert_fails(invoke(*_config_argv(command, config, tmp_path, inp)), 2, *fragments)
 
@@ -204,8 +181,6 @@ def test_unknown_config_name_lists_the_catalog(command, tmp_path, inp):
     assert_fails(result, 2, "'exp99_nope' is neither a file nor a known experiment", *CATALOG_NAMES)
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: a config file that is not UTF-8 ends in a UnicodeDecodeError traceback "
-                   "(ExperimentConfig.from_file catches only TOMLDecodeError)")
 def test_config_file_not_utf8(tmp_path, inp):
     config = tmp_path / "latin1.toml"
     config.write_bytes(b"description = 'caf\xe9'\n")
@@ -255,13 +230,10 @@ def test_generate_out_is_a_file(tmp_path):
     assert_fails(invoke("generate", "--out", f), 2, "--out", str(f), "is a file")
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: --items 20..23 passes IntRange(20) but GenerateParams needs topics (12) <= items / 2; "
-                   "refused only after Spark starts, with a message about 'topics', an option the CLI does not have")
 def test_generate_too_few_items_for_the_topics(tmp_path):
     assert_fails(invoke("generate", "--out", tmp_path / "data", "--items", "20"), 2, "--items")
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: --seed -1 is accepted by click (type=int) and refused by GenerateParams only after Spark starts")
 def test_generate_negative_seed(tmp_path):
     assert_fails(invoke("generate", "--out", tmp_path / "data", "--seed", "-1"), 2, "--seed", "-1")
 
@@ -309,8 +281,6 @@ def test_train_model_is_a_file(tmp_path):
     assert_fails(invoke("train", "--features", tmp_path / "features", "--model", f), 2, "--model", "is a file")
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: `train --features DIR` without --config on a folder that has no resolved_config.json "
-                   "(not a `twotower features` output) ends in a FileNotFoundError traceback")
 def test_train_features_folder_without_saved_config(tmp_path):
     (tmp_path / "features").mkdir()
     result = invoke("train", "--features", tmp_path / "features", "--model", tmp_path / "model")
@@ -334,8 +304,6 @@ def test_evaluate_missing_ground_truth(tmp_path):
     assert_fails(result, 2, "--ground-truth", str(missing), "does not exist")
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: `evaluate --features DIR` on a folder without feature_spec.json ends in a "
-                   "FileNotFoundError traceback (its message is good, but the CLI does not turn it into an error exit)")
 def test_evaluate_features_folder_without_spec(tmp_path):
     (tmp_path / "features").mkdir()
     (tmp_path / "model").mkdir()
@@ -354,14 +322,12 @@ def test_metrics_out_is_a_folder(tmp_path):
     assert_fails(invoke("metrics", "--predictions", predictions, "--out", tmp_path), 2, "--out", "is a directory")
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: a predictions table without a 'score' column ends in a MissingColumnsError traceback")
 def test_metrics_predictions_without_score(tmp_path):
     predictions = tmp_path / "p.parquet"
     pd.DataFrame({"user_id": [1], "item_id": [2], "label": [1]}).to_parquet(predictions)
     assert_fails(invoke("metrics", "--predictions", predictions, "--out", tmp_path / "m.json"), 1, "score")
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: --predictions of a file that is not Parquet ends in a pyarrow ArrowInvalid traceback")
 def test_metrics_predictions_not_parquet(tmp_path):
     predictions = write(tmp_path / "predictions.csv", "user_id,item_id,label,score\n1,2,1,0.5\n")
     assert_fails(invoke("metrics", "--predictions", predictions, "--out", tmp_path / "m.json"), 1, "predictions.csv")
@@ -387,8 +353,6 @@ def test_experiment_run_unknown_name_lists_the_catalog(tmp_path, inp):
     assert_fails(result, 2, "'exp99_nope'", "known experiment", *CATALOG_NAMES)
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: `experiment run NAME` with an unknown NAME blames '--config', an option "
-                   "`experiment run` does not have (load_config's fixed param_hint)")
 def test_experiment_run_unknown_name_does_not_blame_config(tmp_path, inp):
     result = invoke("experiment", "run", "exp99_nope", "--input", inp, "--root", tmp_path / "root")
     assert_fails(result, 2, "'exp99_nope'")
@@ -475,8 +439,8 @@ def test_production_missing_input_folder(command, tmp_path):
     assert_fails(_production(command, tmp_path, missing, *dates), 2, "--input", str(missing), "does not exist")
 
 
-def test_nightly_busy_date_exits_75(tmp_path, inp, shared_spark):
-    # reaches Spark: `nightly` starts its session before run_date takes the date's lock
+def test_nightly_busy_date_exits_75(tmp_path, inp):
+    # no Spark: the session starts once the date's lock is held
     lock = tmp_path / "out" / ".locks" / f"{DATE}.lock"
     with ExclusiveLock(lock, run_id="holder-run"):
         result = _production("nightly", tmp_path, inp, "--date", DATE)
@@ -485,19 +449,15 @@ def test_nightly_busy_date_exits_75(tmp_path, inp, shared_spark):
     assert not (tmp_path / "out" / "_nightly").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: backfill of a busy date exits 1, not 75: nightly.backfill wraps LockBusy in "
-                   "NightlyError, so the CLI's `except LockBusy: raise _Busy` is never reached")
-def test_backfill_busy_date_exits_75(tmp_path, inp, shared_spark):
-    # reaches Spark: `backfill` starts its session before run_date takes the date's lock
+def test_backfill_busy_date_exits_75(tmp_path, inp):
+    # no Spark: the session starts once the date's lock is held
     lock = tmp_path / "out" / ".locks" / f"{DATE}.lock"
     with ExclusiveLock(lock, run_id="holder-run"):
         result = _production("backfill", tmp_path, inp, "--start", DATE, "--end", DATE)
     assert_fails(result, 75, str(lock), "run holder-run")
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: a stage command on an --input folder without the input tables ends in a "
-                   "FileNotFoundError traceback (the CLI catches only StageError and QualityError)")
-def test_stage_command_input_folder_without_tables(tmp_path, inp, shared_spark):
-    # reaches Spark: the input tables are looked for by the stage, in the session
+def test_stage_command_input_folder_without_tables(tmp_path, inp):
+    # no Spark: the input tables are looked for before the session starts
     result = invoke("prepare", "--config", "demo", "--input", inp, "--output", tmp_path / "out")
     assert_fails(result, 1, str(inp / "interactions"), "does not exist")

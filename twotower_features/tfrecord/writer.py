@@ -164,7 +164,8 @@ def write_tfrecords(
     app-wide unique task attempt id, so retried or speculative attempts never share a file); the
     driver publishes the one attempt per partition that Spark reports as successful.
 
-    Returns ``{"rows", "shards", "bytes", "paths"}`` (paths of the published shards, in order).
+    Returns ``{"rows", "shards", "bytes", "paths", "shard_rows", "shard_bytes"}``: paths of the
+    published shards, in order, and the records and bytes of each, in the same order.
     """
     if not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards < 1:
         raise ValueError(f"num_shards must be an integer >= 1, got {num_shards!r}")
@@ -217,6 +218,7 @@ def write_tfrecords(
         for r in results:
             by_partition.setdefault(int(r["partition"]), r)
         shard_rows: list[int] = []
+        shard_bytes: list[int] = []
         paths: list[str] = []
         total_bytes = 0
         for p in range(num_shards):
@@ -227,10 +229,12 @@ def write_tfrecords(
                 with filesystem.open_output_stream(dest):
                     pass
                 shard_rows.append(0)
+                shard_bytes.append(0)
             else:
                 src = posixpath.join(staging_path, posixpath.basename(r["path"]))
                 filesystem.move(src, dest)
                 shard_rows.append(int(r["rows"]))
+                shard_bytes.append(int(r["bytes"]))
                 total_bytes += int(r["bytes"])
             paths.append(_join_uri(uri, name))
         rows = sum(shard_rows)
@@ -257,6 +261,6 @@ def write_tfrecords(
             filesystem.delete_dir(old_path)
         except OSError:
             pass  # published already; the next run deletes the leftover
-    return {"rows": rows, "shards": num_shards, "bytes": total_bytes, "paths": paths}
+    return {"rows": rows, "shards": num_shards, "bytes": total_bytes, "paths": paths, "shard_rows": shard_rows, "shard_bytes": shard_bytes}
 
 

@@ -67,6 +67,9 @@ def test_write_tfrecords_round_trip_replace_and_failure(spark, tmp_path):
     assert res["rows"] == 40 and res["shards"] == 3
     assert res["paths"] == [os.path.join(out, n) for n in names]
     assert res["bytes"] == sum(os.path.getsize(p) for p in res["paths"])
+    # per shard, in path order: the file's size on disk and its record count as TensorFlow reads it
+    assert res["shard_bytes"] == [os.path.getsize(p) for p in res["paths"]]
+    assert res["shard_rows"] == [sum(1 for _ in tf.data.TFRecordDataset(p)) for p in res["paths"]]
     assert read_shards(res["paths"]) == expected_set(df)
     success = json.loads((tmp_path / "examples" / SUCCESS_FILE).read_text())
     assert success["rows"] == 40 and success["shards"] == 3 and sum(success["shard_rows"]) == 40
@@ -96,6 +99,8 @@ def test_write_tfrecords_empty_shards_and_partition_key(spark, tmp_path):
     assert len(res["paths"]) == 5 and res["rows"] == 2
     sizes = [os.path.getsize(p) for p in res["paths"]]
     assert sizes.count(0) >= 3  # empty shards still exist, so the shard count is stable
+    assert res["shard_bytes"] == sizes and sum(res["shard_rows"]) == 2
+    assert [n == 0 for n in res["shard_rows"]] == [s == 0 for s in sizes]
     assert read_shards(res["paths"]) == expected_set(df)
 
 
