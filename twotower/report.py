@@ -37,6 +37,7 @@ from twotower_features.errors import UserError
 from twotower_model.items import items_artifact, read_item_embeddings
 from twotower_model.layout import ITEM_EMBEDDINGS_FILE
 from twotower_model.metrics import REFERENCE_KINDS, TABLE_METRICS
+from twotower_model.prior import model_prior, without_item_prior
 
 from .tracking import RUN_FILE
 
@@ -298,7 +299,7 @@ def item_projection(run: Mapping[str, Any], *, seed: int = 0) -> dict[str, Any] 
     if not (model_dir / ITEM_EMBEDDINGS_FILE).is_file():
         return None
     ids, emb = read_item_embeddings(model_dir)
-    emb = emb.astype(np.float64)
+    emb = without_item_prior(emb, model_prior(model_dir)).astype(np.float64)
     rng = np.random.default_rng(seed)
     if len(ids) > MAX_PROJECTED_ITEMS:
         keep = np.sort(rng.choice(len(ids), MAX_PROJECTED_ITEMS, replace=False))

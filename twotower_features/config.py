@@ -23,7 +23,9 @@ WEIGHT_SCHEMES = ("none", "engagement_tiers", "sqrt_time_spent")
 EMBEDDING_SOURCES = ("dedup", "simclr")
 HISTORY_AGGREGATIONS = ("mean", "concat", "clusters")
 HEADS = ("dot", "cosine", "batchnorm")
-LOSSES = ("bce", "softmax")
+LOSSES = ("bce", "softmax", "hybrid")
+# what retrieval adds to the model's score (twotower_model/prior.py)
+RETRIEVAL_PRIORS = ("none", "log_count")
 TOWERS = ("user", "item")
 
 # Features a tower may use. The feature job writes the ones the experiment selects; the
@@ -327,6 +329,11 @@ class ModelConfig:
     batch_size: int = 512
     learning_rate: float = 0.01
     seed: int = 1
+    # loss = "hybrid": BCE + hybrid_weight * in-batch softmax (twotower_model/tasks.py)
+    hybrid_weight: float = 0.3
+    # full-catalog retrieval adds prior_weight * log(1 + train count) of the item to the score
+    retrieval_prior: str = "none"
+    prior_weight: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_units", _list("model.hidden_units", self.hidden_units))
@@ -339,6 +346,9 @@ class ModelConfig:
         _check(_num(self.temperature) and self.temperature > 0, "model.temperature", "a finite number > 0", self.temperature)
         _check(_num(self.learning_rate) and self.learning_rate > 0, "model.learning_rate", "a finite number > 0", self.learning_rate)
         _check(_int(self.seed), "model.seed", "an integer", self.seed)
+        _check(_num(self.hybrid_weight) and self.hybrid_weight >= 0, "model.hybrid_weight", "a finite number >= 0", self.hybrid_weight)
+        _check(self.retrieval_prior in RETRIEVAL_PRIORS, "model.retrieval_prior", f"one of {RETRIEVAL_PRIORS}", self.retrieval_prior)
+        _check(_num(self.prior_weight) and self.prior_weight >= 0, "model.prior_weight", "a finite number >= 0", self.prior_weight)
 
 
 _SECTIONS = {

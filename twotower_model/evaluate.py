@@ -47,6 +47,7 @@ from .metrics import (
     reference_scores,
     write_metrics_json,
 )
+from .prior import model_prior, with_user_prior, without_item_prior
 from .provenance import check_model, check_split_files
 
 DIAGNOSTIC_KS = (10, 100)
@@ -242,12 +243,20 @@ def catalog_diagnostics(
     """
     started = time.perf_counter()
     spec = spec or FeatureSpec.load(features_dir)
-    item_ids, item_emb = read_item_embeddings(model_dir)
+    item_ids, item_emb = read_item_embeddings(model_dir)  # with the retrieval prior's column, if any
     n_items = len(item_ids)
     item_index = pd.Index(item_ids)
     chosen = choose_user_rows(preds, max_users=max_users, seed=seed)
     users = chosen[C.USER_ID].to_numpy()
     user_emb = user_embeddings_at_rows(model_dir, features_dir, spec, chosen["row"].to_numpy(), len(preds))
+    prior = model_prior(model_dir)
+    if prior.active:
+        user_emb = with_user_prior(user_emb)
+    if user_emb.shape[1] != item_emb.shape[1]:
+        raise ValueError(
+            f"user embeddings have {user_emb.shape[1]} dimensions, {str(model_dir)!r}'s item embeddings {item_emb.shape[1]} "
+            f"(retrieval prior {prior.kind!r}): rewrite the item embeddings with this model's config"
+        )
     positives, outside = _positives(preds, users, item_index)
     art = items_artifact(features_dir, item_ids, spec=spec, seed=seed)
 
@@ -273,7 +282,7 @@ def catalog_diagnostics(
     neighbour_ks = [k for k in ks_used if k <= n_items - 1]
     agreement: dict[str, Any] = {}
     if labels and neighbour_ks:
-        agreement = D.neighbourhood_agreements(item_emb, labels, neighbour_ks, sample=neighbour_sample, seed=seed)
+        agreement = D.neighbourhood_agreements(without_item_prior(item_emb, prior), labels, neighbour_ks, sample=neighbour_sample, seed=seed)
     for name in ("cluster", "creator"):
         chance = agreement.get(f"{name}_agreement_chance")
         for k in ks_used:
@@ -286,6 +295,7 @@ def catalog_diagnostics(
         curve[name] = [D.coverage_at_k(top[:, :k], n_items) for k in curve_ks]
     diag.update({
         "k": ks_used,
+        "retrieval_prior": prior.as_dict(),
         "catalog_size": n_items,
         "users": len(users),
         "users_in_validation": int(preds[C.USER_ID].nunique()),

@@ -28,7 +28,7 @@ from twotower_features.spec import FeatureSpec
 
 from .data import item_id_column
 from .metrics import SCORE
-from .tasks import CANDIDATE, QUERY, BinaryTask, InBatchSoftmaxTask
+from .tasks import CANDIDATE, QUERY, BinaryTask, HybridTask, InBatchSoftmaxTask
 from .towers import Tower
 
 
@@ -151,8 +151,13 @@ def build_model(spec: FeatureSpec, feat_dir: str | Path, cfg: ModelConfig, *, it
     head = ScoringHead(cfg.head, cfg.temperature if cfg.head == "cosine" else 1.0, name="head")
     if cfg.loss == "bce":
         task: keras.layers.Layer = BinaryTask(label=spec.label, weight=spec.weight, name="task")
-    else:
+    elif cfg.loss == "softmax":
         task = InBatchSoftmaxTask(label=spec.label, weight=spec.weight, item_key=item_id_column(spec), item_counts=item_counts, name="task")
+    else:
+        task = HybridTask(
+            label=spec.label, weight=spec.weight, item_key=item_id_column(spec), item_counts=item_counts,
+            softmax_weight=cfg.hybrid_weight, name="task",
+        )
     model = TwoTowerModel(user, item, head, task, name="two_tower")
     model.build()
     return model

@@ -19,9 +19,10 @@ from twotower_features.spec import FeatureSpec
 
 from .data import CATALOG, item_id_column, make_dataset, split_columns
 from .export import load_towers
-from .items import item_embeddings_table
+from .items import item_embeddings_table, read_item_counts
 from .metrics import SCORE
 from .model import TwoTowerModel
+from .prior import RetrievalPrior, item_prior, model_prior, with_item_prior
 
 PREDICT_BATCH = 4096
 
@@ -99,15 +100,29 @@ def iter_item_embeddings(
 
 
 def write_item_embeddings(
-    model_dir_or_model: TwoTowerModel | str | Path, feat_dir: str | Path, out_path: str | Path, *, spec: FeatureSpec | None = None
+    model_dir_or_model: TwoTowerModel | str | Path,
+    feat_dir: str | Path,
+    out_path: str | Path,
+    *,
+    spec: FeatureSpec | None = None,
+    prior: RetrievalPrior | None = None,
 ) -> int:
     """The candidate embedding of every catalog item, written to ``out_path`` as
-    ``item_embeddings.parquet`` (``items.item_embeddings_table``); returns the row count."""
+    ``item_embeddings.parquet`` (``items.item_embeddings_table``); returns the row count.
+
+    With an active ``prior`` (default: a model folder's own, ``prior.model_prior``; none for a
+    model in memory) each vector gets the item's retrieval prior as one more dimension
+    (``prior.py``), from the features' train-window counts."""
+    spec = spec or FeatureSpec.load(feat_dir)
+    if prior is None:
+        prior = model_prior(model_dir_or_model) if isinstance(model_dir_or_model, (str, Path)) else RetrievalPrior()
     ids, vecs = [], []
     for i, v in iter_item_embeddings(model_dir_or_model, feat_dir, spec=spec):
         ids.append(i)
         vecs.append(v)
     ids_arr = np.concatenate(ids) if ids else np.array([], dtype=object)
     mat = np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32)
+    if prior.active and len(ids_arr):
+        mat = with_item_prior(mat, item_prior(ids_arr, read_item_counts(feat_dir, spec), prior))
     write_parquet_atomic(out_path, item_embeddings_table(ids_arr, mat))
     return len(ids_arr)

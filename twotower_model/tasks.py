@@ -7,7 +7,9 @@ outputs (``outputs``: ``QUERY``, ``CANDIDATE`` and ``SCORE``, the logit ``dot(qu
 - ``BinaryTask``: sample-weighted binary cross-entropy on the logit, the weighted mean
   ``sum(w * bce) / sum(w)``;
 - ``InBatchSoftmaxTask``: in-batch sampled softmax over the batch's items with the positives as
-  queries and the logQ correction of Yi et al., RecSys 2019.
+  queries and the logQ correction of Yi et al., RecSys 2019;
+- ``HybridTask``: ``BinaryTask + softmax_weight * InBatchSoftmaxTask`` on the same batch: the
+  BCE ranks the impressions, the softmax term teaches the embeddings to retrieve from the catalog.
 """
 from __future__ import annotations
 
@@ -113,6 +115,62 @@ class InBatchSoftmaxTask(keras.layers.Layer):
             "item_key": self.item_key,
             "item_counts": self.item_counts,
             "remove_accidental_hits": self.remove_accidental_hits,
+        }
+
+
+@keras.saving.register_keras_serializable(package="twotower")
+class HybridTask(keras.layers.Layer):
+    """``BinaryTask`` on every row plus ``softmax_weight`` times ``InBatchSoftmaxTask`` on the
+    batch's positives (logQ correction from ``item_counts``, accidental hits masked); both
+    terms are those classes' own losses, with the same label and weight columns."""
+
+    def __init__(
+        self,
+        label: str = "label",
+        weight: str | None = "weight",
+        item_key: str = "item_id",
+        item_counts: Mapping[str, float] | None = None,
+        remove_accidental_hits: bool = True,
+        softmax_weight: float = 0.3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        softmax_weight = float(softmax_weight)
+        if not (softmax_weight >= 0 and math.isfinite(softmax_weight)):
+            raise ValueError(f"softmax_weight must be a finite number >= 0, got {softmax_weight!r}")
+        self.softmax_weight = softmax_weight
+        self.binary = BinaryTask(label=label, weight=weight, name="binary")
+        self.softmax = InBatchSoftmaxTask(
+            label=label, weight=weight, item_key=item_key, item_counts=item_counts,
+            remove_accidental_hits=remove_accidental_hits, name="softmax",
+        )
+
+    def build(self, *args: Any, **kwargs: Any) -> None:
+        """No weights anywhere: marks the two stateless tasks built too (else a reload warns)."""
+        self.binary.built = self.softmax.built = True
+        self.built = True
+
+    @property
+    def item_key(self) -> str:
+        return self.softmax.item_key
+
+    @property
+    def logq_correction(self) -> bool:
+        return self.softmax.logq_correction
+
+    def call(self, features: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
+        return self.binary(features, outputs) + self.softmax_weight * self.softmax(features, outputs)
+
+    def get_config(self) -> dict[str, Any]:
+        sm = self.softmax
+        return {
+            **super().get_config(),
+            "label": sm.label,
+            "weight": sm.weight,
+            "item_key": sm.item_key,
+            "item_counts": sm.item_counts,
+            "remove_accidental_hits": sm.remove_accidental_hits,
+            "softmax_weight": self.softmax_weight,
         }
 
 

@@ -28,12 +28,16 @@ from .layout import CONFIG_FILE, ITEM_EMBEDDINGS_FILE, REPORT_FILE
 from .model import TwoTowerModel, build_model
 from .optimizer import make_optimizer
 from .predict import write_item_embeddings
+from .prior import RetrievalPrior
 from .provenance import check_split_files, features_provenance, write_model_provenance
-from .tasks import InBatchSoftmaxTask
+from .tasks import HybridTask, InBatchSoftmaxTask
 
 # train steps per call of Keras' compiled train function: amortises the per-step Python and
 # callback overhead (on 2 CPU cores: 73k examples/s at 1, 114k at 8, 128k at 32; bench_train.py)
 STEPS_PER_EXECUTION = 32
+# the losses with an in-batch softmax term: they read the item ids and the train-window counts
+IN_BATCH_LOSSES = ("softmax", "hybrid")
+IN_BATCH_TASKS = (InBatchSoftmaxTask, HybridTask)
 
 
 def fit_model(
@@ -60,10 +64,11 @@ def fit_model(
     records = check_split_files(feat_dir, ["train", "validation"] if has_validation else ["train"], spec)
     keras.utils.set_random_seed(model_cfg.seed)
 
-    counts = read_item_counts(feat_dir, spec) if model_cfg.loss == "softmax" else None
+    in_batch = model_cfg.loss in IN_BATCH_LOSSES
+    counts = read_item_counts(feat_dir, spec) if in_batch else None
     item_counts = None if counts is None else counts.to_dict()
-    if model_cfg.loss == "softmax" and item_counts is None:
-        progress("softmax loss without extras['item_frequency_file']: no logQ correction")
+    if in_batch and item_counts is None:
+        progress(f"{model_cfg.loss} loss without extras['item_frequency_file']: no logQ correction")
     model = build_model(spec, feat_dir, model_cfg, item_counts=item_counts)
     model.compile(optimizer=make_optimizer(model_cfg.learning_rate, optimizer), steps_per_execution=STEPS_PER_EXECUTION)
 
@@ -109,7 +114,8 @@ def fit_model(
         "validation_loss": validation_loss,
         "head": model_cfg.head,
         "loss": model_cfg.loss,
-        "logq_correction": isinstance(model.task, InBatchSoftmaxTask) and model.task.logq_correction,
+        "hybrid_weight": model_cfg.hybrid_weight if model_cfg.loss == "hybrid" else None,
+        "logq_correction": isinstance(model.task, IN_BATCH_TASKS) and model.task.logq_correction,
         "optimizer": optimizer,
         "fit_seconds": time.perf_counter() - started,
     }
@@ -134,7 +140,9 @@ def train(
     model_dir.mkdir(parents=True, exist_ok=True)
     save_model(model, model_dir, provenance=provenance)
     write_model_provenance(model_dir, provenance)
-    report["catalog_items"] = write_item_embeddings(model, feat_dir, model_dir / ITEM_EMBEDDINGS_FILE)
+    report["catalog_items"] = write_item_embeddings(
+        model, feat_dir, model_dir / ITEM_EMBEDDINGS_FILE, prior=RetrievalPrior.of(model_cfg)
+    )
     write_json_atomic(model_dir / CONFIG_FILE, _config_dict(model_cfg))
     report["wall_time_seconds"] = time.perf_counter() - started
     write_json_atomic(model_dir / REPORT_FILE, report)
@@ -144,7 +152,7 @@ def train(
 
 def _training_columns(spec: FeatureSpec, model: TwoTowerModel) -> list[str]:
     names = [*model.user_tower.feature_names, *model.item_tower.feature_names, spec.label, spec.weight]
-    if isinstance(model.task, InBatchSoftmaxTask):
+    if isinstance(model.task, IN_BATCH_TASKS):
         names.append(model.task.item_key)
     return list(dict.fromkeys(names))
 

@@ -85,6 +85,9 @@ DEFAULTS = {
         "batch_size": 512,
         "learning_rate": 0.01,
         "seed": 1,
+        "hybrid_weight": 0.3,
+        "retrieval_prior": "none",
+        "prior_weight": 1.0,
     },
 }
 SECTIONS = sorted(DEFAULTS)
@@ -577,11 +580,11 @@ def test_model_head_must_be_known(value):
 
 @pytest.mark.parametrize("value", ["mse", "BCE", "", None])
 def test_model_loss_must_be_known(value):
-    refused({"model": {"loss": value}}, "model.loss", "one of ('bce', 'softmax')")
+    refused({"model": {"loss": value}}, "model.loss", "one of ('bce', 'softmax', 'hybrid')")
 
 
 @pytest.mark.parametrize("head", ["dot", "cosine", "batchnorm"])
-@pytest.mark.parametrize("loss", ["bce", "softmax"])
+@pytest.mark.parametrize("loss", ["bce", "softmax", "hybrid"])
 def test_model_every_head_with_every_loss_allowed(head, loss):
     m = load(model={"head": head, "loss": loss}).model
     assert (m.head, m.loss) == (head, loss)
@@ -630,6 +633,28 @@ def test_model_rates_just_above_zero_allowed(key, value):
 @pytest.mark.parametrize("value", [True, 1.5, "1", None])
 def test_model_seed_must_be_an_integer(value):
     refused({"model": {"seed": value}}, "model.seed", f"an integer, got {value!r}")
+
+
+@pytest.mark.parametrize("key", ["hybrid_weight", "prior_weight"])
+@pytest.mark.parametrize("value", [True, False, -0.1, -1, "0.3", math.inf, -math.inf, math.nan, None])
+def test_model_loss_and_prior_weights_must_be_finite_numbers_at_least_zero(key, value):
+    refused({"model": {key: value}}, f"model.{key}", f"a finite number >= 0, got {value!r}")
+
+
+@pytest.mark.parametrize("key", ["hybrid_weight", "prior_weight"])
+@pytest.mark.parametrize("value", [0, 0.0, 0.3, 1, 2.5])
+def test_model_loss_and_prior_weights_zero_and_up_allowed(key, value):
+    assert getattr(load(model={key: value}).model, key) == value
+
+
+@pytest.mark.parametrize("value", ["log", "Log_Count", "", None, True])
+def test_model_retrieval_prior_must_be_known(value):
+    refused({"model": {"retrieval_prior": value}}, "model.retrieval_prior", "one of ('none', 'log_count')")
+
+
+def test_model_hybrid_with_log_count_prior_allowed():
+    m = load(model={"loss": "hybrid", "hybrid_weight": 1.0, "retrieval_prior": "log_count", "prior_weight": 0.5}).model
+    assert (m.loss, m.hybrid_weight, m.retrieval_prior, m.prior_weight) == ("hybrid", 1.0, "log_count", 0.5)
 
 
 # ------------------------------------------------------------------------------ shipped configs

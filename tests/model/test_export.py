@@ -39,3 +39,37 @@ def test_load_model_alone_finds_every_saved_class(trained_dot):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["TwoTowerModel", "BinaryTask", "LazyAdam"]
+
+
+@pytest.fixture(scope="module")
+def trained_hybrid(feat, tmp_path_factory):
+    from twotower_features.config import ModelConfig
+    from twotower_model.export import save_model
+    from twotower_model.train import fit_model
+
+    from .tiny_features import SMALL
+
+    root, _ = feat
+    cfg = ModelConfig(head="cosine", loss="hybrid", hybrid_weight=0.5, epochs=3, **SMALL)
+    model, report = fit_model(root, cfg, progress=lambda s: None)
+    model_dir = tmp_path_factory.mktemp("model_hybrid")
+    save_model(model, model_dir)
+    return model, report, model_dir
+
+
+def test_hybrid_model_saved_towers_and_keras_file_score_like_the_in_memory_model(feat, trained_hybrid):
+    from twotower_model.export import load_model
+    from twotower_model.tasks import HybridTask
+
+    root, _ = feat
+    model, report, model_dir = trained_hybrid
+    assert report["loss"] == "hybrid" and report["hybrid_weight"] == 0.5 and report["logq_correction"]
+    in_memory = tpredict.predict(model, root, "validation")
+    exported = tpredict.predict(model_dir, root, "validation")
+    np.testing.assert_allclose(exported["score"], in_memory["score"], atol=1e-5, rtol=1e-5)
+    assert in_memory["score"].std() > 0
+    loaded = load_model(model_dir)
+    assert isinstance(loaded.task, HybridTask) and loaded.task.softmax_weight == 0.5
+    assert loaded.task.get_config()["item_counts"] == model.task.get_config()["item_counts"]
+    reloaded = tpredict.predict(loaded, root, "validation")
+    np.testing.assert_allclose(reloaded["score"], in_memory["score"], atol=1e-5, rtol=1e-5)

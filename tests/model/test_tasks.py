@@ -61,3 +61,51 @@ def test_in_batch_softmax_without_positives_is_zero():
         {ttasks.QUERY: tf.ones((3, 2)), ttasks.CANDIDATE: tf.ones((3, 2))},
     )
     assert float(got) == 0.0
+
+
+def test_hybrid_is_bce_plus_weighted_in_batch_softmax_by_hand():
+    """4 rows, 2-dim vectors written out; row 2 shows the same item as row 0 (an accidental hit
+    for row 0's softmax), row 1 is a negative (no softmax query of its own, still a candidate)."""
+    q = np.array([[1.0, 0.0], [0.5, -1.0], [0.0, 2.0], [-1.0, 1.0]], np.float32)
+    c = np.array([[0.5, 0.5], [1.0, -0.5], [-0.5, 1.0], [0.0, 1.5]], np.float32)
+    items = np.array(["a", "b", "a", "c"])
+    labels = np.array([1.0, 0.0, 1.0, 1.0], np.float32)
+    weights = np.array([1.0, 2.0, 0.5, 1.5], np.float32)
+    counts = {"a": 4.0, "b": 2.0, "c": 2.0}  # total 8: q = 1/2, 1/4, 1/4
+    w_soft = 0.3
+
+    s = (q.astype(np.float64) * c).sum(axis=1)  # logits 0.5, 1.0, 2.0, 1.5
+    np.testing.assert_allclose(s, [0.5, 1.0, 2.0, 1.5])
+    bce = np.log1p(np.exp(-s)) * labels + np.log1p(np.exp(s)) * (1 - labels)
+    bce_loss = (weights * bce).sum() / weights.sum()
+
+    log_q = np.log(np.array([4.0, 2.0, 4.0, 2.0]) / 8.0)  # per candidate column
+    full = q.astype(np.float64) @ c.T.astype(np.float64) - log_q[None, :]
+    num = den = 0.0
+    for i in (0, 2, 3):  # the positives
+        keep = [j for j in range(4) if j == i or items[j] != items[i]]
+        row = full[i, keep]
+        ce = -(full[i, i] - np.log(np.exp(row).sum()))
+        num += weights[i] * ce
+        den += weights[i]
+    expected = bce_loss + w_soft * num / den
+
+    features = {"label": labels, "weight": weights, "item_id": tf.constant(items)}
+    outputs = {ttasks.QUERY: tf.constant(q), ttasks.CANDIDATE: tf.constant(c), SCORE: tf.constant(s.astype(np.float32))}
+    task = ttasks.HybridTask(item_counts=counts, softmax_weight=w_soft)
+    assert float(task(features, outputs)) == pytest.approx(expected, rel=1e-5)
+    # weight 0 is the BCE task alone
+    assert float(ttasks.HybridTask(item_counts=counts, softmax_weight=0.0)(features, outputs)) == pytest.approx(bce_loss, rel=1e-5)
+
+
+def test_hybrid_config_round_trips():
+    task = ttasks.HybridTask(label="y", weight=None, item_key="iid", item_counts={"a": 2.0}, softmax_weight=1.5, name="task")
+    again = ttasks.HybridTask.from_config(task.get_config())
+    assert again.get_config() == task.get_config()
+    assert (again.softmax_weight, again.item_key, again.logq_correction) == (1.5, "iid", True)
+
+
+@pytest.mark.parametrize("value", [-0.1, math.inf, math.nan])
+def test_hybrid_weight_must_be_finite_at_least_zero(value):
+    with pytest.raises(ValueError, match="softmax_weight must be a finite number >= 0"):
+        ttasks.HybridTask(softmax_weight=value)
