@@ -16,14 +16,12 @@ from pathlib import Path
 
 import click
 
-from twotower_features import columns as C
 from twotower_features import layout as L
 from twotower_features.config import ConfigError, ExperimentConfig
 from twotower_features.errors import UserError
 
 from . import stages as S
 from .lock import LockBusy
-from .staging import check_output
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 
@@ -165,8 +163,7 @@ def _feature_command(name: str, stages: tuple[str, ...], doc: str):
     @click.pass_context
     def cmd(ctx, config, input_dir, output_dir, lock_wait):
         cfg = load_config(config)
-        check_output(output_dir, input_dir, C.INPUT_TABLES)
-        S.check_inputs(input_dir, stages)
+        S.check_run(input_dir, output_dir, stages)  # before the session starts
         spark = _spark(ctx, f"twotower-{name}")
         try:  # a failed run publishes nothing: --output stays as it was
             S.run(spark, cfg, input_dir, output_dir, stages=stages, lock_wait_s=lock_wait, log=click.echo)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from twotower_model.train import train
 
 from .fingerprints import code_version, stage_keys
 from .stages import STAGES, run_stage
+from .staging import link_or_copy
 from .tracking import (
     DEFAULT_MLFLOW_EXPERIMENT,
     RUN_FILE,
@@ -71,22 +71,15 @@ def _remove(path: Path) -> None:
 
 
 def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` (file or folder) to ``dst``; copy where a link is impossible. A later
-    write to ``dst`` replaces files (atomic renames, Delta's new files), never edits the shared ones."""
+    """``src`` (file or folder) at ``dst``, its large immutable files hard-linked and the rest
+    copied (``staging.link_or_copy``), so a later write to ``dst`` never edits the shared ones."""
     if dst.exists() or dst.is_symlink():
         _remove(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-
-    def link(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
     if src.is_dir():
-        shutil.copytree(src, dst, copy_function=link)
+        shutil.copytree(src, dst, copy_function=link_or_copy)
     else:
-        link(str(src), str(dst))
+        link_or_copy(src, dst)
 
 
 class FeatureStore:

@@ -18,6 +18,7 @@ the key of the stage before it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from twotower_features import columns as C
@@ -101,11 +102,6 @@ def select(names: tuple[str, ...] | list[str]) -> tuple[Stage, ...]:
     return tuple(s for s in STAGES if s.name in names)
 
 
-def through(last: str) -> tuple[Stage, ...]:
-    """The stages from the first through ``last``."""
-    return STAGES[: NAMES.index(select([last])[0].name) + 1]
-
-
 REQUIRED_INPUTS = (C.INTERACTIONS, C.ITEMS)  # the other input tables are optional
 
 
@@ -113,6 +109,22 @@ def check_inputs(input_dir: str, stages: tuple[str, ...] | list[str] = NAMES) ->
     """Refuse missing or empty input tables of the named stages before a session starts."""
     for table in sorted({t for stage in select(stages) for t in stage.inputs}):
         io.check_input_table(io.table_path(input_dir, table), required=table in REQUIRED_INPUTS)
+
+
+def check_run(input_dir: str, out: str, stages: tuple[str, ...] | list[str] = NAMES) -> Path:
+    """Everything checkable before a session starts and before the first write of a stage run:
+    the output folder (``staging.check_output``), the input tables, and that the stages before
+    the first one asked for have finished in ``out``. Returns ``out`` as an absolute path."""
+    chosen = select(stages)
+    out_p = check_output(out, input_dir, C.INPUT_TABLES)
+    check_inputs(input_dir, stages)
+    for earlier in STAGES[: NAMES.index(chosen[0].name)]:
+        if not (out_p / L.report(earlier.name)).is_file():
+            raise UserError(
+                f"stage {chosen[0].name} reads the outputs of stage {earlier.name}, which {out} does not hold "
+                f"(no {L.report(earlier.name)}): run `twotower {earlier.name}` first, or `twotower features`"
+            )
+    return out_p
 
 
 def run_stage(stage: Stage, spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
@@ -129,17 +141,9 @@ def run(
     published only when every stage succeeded (``staging.staged``: one writer per folder, a
     failed run leaves ``out`` as it was). The outputs of the stages run and of every stage after
     them are replaced; the stages before them must have finished in ``out`` already."""
+    out_p = check_run(input_dir, out, stages)
     chosen = select(stages)
-    out_p = check_output(out, input_dir, C.INPUT_TABLES)
-    check_inputs(input_dir, stages)
-    first = NAMES.index(chosen[0].name)
-    for earlier in STAGES[:first]:
-        if not (out_p / L.report(earlier.name)).is_file():
-            raise UserError(
-                f"stage {chosen[0].name} reads the outputs of stage {earlier.name}, which {out} does not hold "
-                f"(no {L.report(earlier.name)}): run `twotower {earlier.name}` first, or `twotower features`"
-            )
-    drop = [o for stage in STAGES[first:] for o in stage.outputs]
+    drop = [o for stage in STAGES[NAMES.index(chosen[0].name):] for o in stage.outputs]
     reports = {}
     with staged(out_p, drop=drop, lock_wait_s=lock_wait_s, log=log) as build:
         for stage in chosen:

@@ -53,6 +53,18 @@ def _under(rel: str, prefixes: Sequence[str]) -> bool:
     return any(rel == p or rel.startswith(p + "/") for p in prefixes)
 
 
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Hard-link a large immutable file (``LINKED_SUFFIXES``), copy anything else or where a
+    link is impossible: a later write to ``dst`` can never reach ``src``."""
+    if str(src).endswith(LINKED_SUFFIXES):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+
+
 def _seed(src: Path, dst: Path, drop: Sequence[str]) -> None:
     dst.mkdir()
     for dirpath, dirnames, files in os.walk(src):
@@ -65,14 +77,7 @@ def _seed(src: Path, dst: Path, drop: Sequence[str]) -> None:
             rel = os.path.join(rel_dir, f).replace(os.sep, "/")
             if _under(rel, drop):
                 continue
-            s, t = os.path.join(dirpath, f), dst / rel
-            if f.endswith(LINKED_SUFFIXES):
-                try:
-                    os.link(s, t)
-                    continue
-                except OSError:
-                    pass
-            shutil.copy2(s, t)
+            link_or_copy(os.path.join(dirpath, f), dst / rel)
 
 
 def looks_like_features(folder: Path) -> bool:

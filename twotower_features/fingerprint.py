@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import columns as C
+from .io import data_files
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -68,8 +69,7 @@ def _delta_entries(path: Path, dates: tuple[_dt.date, _dt.date] | None) -> list[
                 if add:
                     _take_add(add, live, part_of)
         start = version + 1
-    commits = sorted(int(p.name[:20]) for p in log.glob("*.json") if p.name[:20].isdigit() and len(p.name) == 25)
-    commits = [v for v in commits if v >= start]
+    commits = [v for v in _commit_versions(log) if v >= start]
     if start == 0 and (not commits or commits[0] != 0):
         return None
     for expected, v in enumerate(commits, start=start):
@@ -96,24 +96,26 @@ def _take_add(add: dict[str, Any], live: dict[str, str], part_of: dict[str, str 
     part_of[add["path"]] = values.get(C.DT)
 
 
+def _commit_versions(log: Path) -> list[int]:
+    """The versions of the JSON commits in a ``_delta_log`` (``00000000000000000012.json``), sorted."""
+    return sorted(int(p.name[:20]) for p in log.glob("*.json") if p.name[:20].isdigit() and len(p.name) == 25)
+
+
 def _delta_version(path: Path) -> int:
-    commits = [int(p.name[:20]) for p in (path / "_delta_log").glob("*.json") if p.name[:20].isdigit()]
-    return max(commits) if commits else -1
+    commits = _commit_versions(path / "_delta_log")
+    return commits[-1] if commits else -1
 
 
 def _parquet_entries(root: Path, dates: tuple[_dt.date, _dt.date] | None) -> list[str]:
+    """The files Spark reads as the table's data (``io.data_files``), in the ``dt=`` partitions of ``dates``."""
     out = []
-    for dirpath, dirnames, files in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
-        rel_dir = os.path.relpath(dirpath, root)
-        part = next((p for p in Path(rel_dir).parts if p.startswith(f"{C.DT}=")), None)
+    for f in data_files(root):
+        rel = os.path.relpath(f, root)
+        part = next((p for p in Path(rel).parts[:-1] if p.startswith(f"{C.DT}=")), None)
         if part is not None and not _in_range(part.split("=", 1)[1], dates):
             continue
-        for f in sorted(files):
-            if f.startswith((".", "_")):
-                continue
-            st = os.stat(os.path.join(dirpath, f))
-            out.append(f"{os.path.join(rel_dir, f)}:{st.st_size}:{st.st_mtime_ns}")
+        st = f.stat()
+        out.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
     return sorted(out)
 
 
