@@ -52,7 +52,8 @@ system-deps:
 clean:
 	rm -rf $(VENV) build *.egg-info demo-output
 
-# The whole experiment catalog on generated data of a stated size (defaults: 2000 users, 1000
+# The whole experiment catalog (the seed's eleven, then #8's and #11's features with the model that
+# ranks and retrieves) on generated data of a stated size (defaults: 2000 users, 1000
 # items, 18 days, generator seed 0), then a spread over model seeds for one pair, then the report
 # (catalog-output/report.md, report.html; MLflow store catalog-output/mlflow.db).
 CATALOG_USERS ?= 2000
@@ -62,7 +63,8 @@ CATALOG_ROOT ?= catalog-output
 CATALOG_DATA := $(CATALOG_ROOT)/data-u$(CATALOG_USERS)-i$(CATALOG_ITEMS)-s$(CATALOG_DATA_SEED)
 CATALOG := exp01_base_dedup exp02_base_dedup_weighted exp03_simclr_history_mean exp04_dedup_history_mean \
 	exp05_simclr_history_ids exp06_dedup_history_ids exp07_simclr_concat5_creator exp08_simclr_cluster18_creator \
-	exp09_cluster18_cosine exp10_cluster18_batchnorm exp11_simclr_history_cosine
+	exp09_cluster18_cosine exp10_cluster18_batchnorm exp11_simclr_history_cosine \
+	exp12_cluster18_creator_rank_retrieve exp13_history_cosine_rank_retrieve
 CATALOG_SPREAD ?= exp03_simclr_history_mean exp08_simclr_cluster18_creator
 CATALOG_SPREAD_SEEDS ?= 2 3
 catalog: install

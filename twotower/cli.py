@@ -222,6 +222,30 @@ def metrics(predictions, out):
     click.echo(json.dumps(result, indent=2, default=str))
 
 
+@main.command()
+@click.option("--features", "features_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Output folder of `twotower features`.")
+@click.option("--grid", "grid_file", required=True, help="Grid file (TOML): [grid] lists of [model] settings, [[point]] tables, seeds.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the runs, sweep.json, sweep.md and sweep.html.")
+@click.option("--config", "config", default=None, help="Config whose [model] section the grid starts from (default: the one saved with the features).")
+@click.option("--ground-truth", default=None, type=click.Path(exists=True), help="Generator ground truth, for the oracle row.")
+@click.option("--name", default=None, help="Sweep name in the page and MLflow (default: --out's folder name).")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db).")
+@click.option("--mlflow-experiment", default="twotower-sweep", show_default=True, help="MLflow experiment the runs are logged under.")
+@click.option("--no-track", is_flag=True, help="Do not log the runs to MLflow.")
+def sweep(features_dir, grid_file, out_dir, config, ground_truth, name, tracking_uri, mlflow_experiment, no_track):
+    """Train and score a grid of [model] settings over built features, with model seeds; plots
+    AUC against full-catalog recall@10 beside random, popularity and oracle (OUT/sweep.html)."""
+    from .sweep import format_summary, read_grid, run_sweep
+
+    cfg = load_config(config) if config else _saved_config(features_dir)
+    grid = read_grid(grid_file, cfg.model)
+    click.echo(f"== sweep: {len(grid.points)} points x {len(grid.seeds)} seeds = {len(grid.runs())} runs")
+    summary = run_sweep(features_dir, grid, out_dir, base=cfg, name=name, ground_truth=ground_truth, tracking_uri=tracking_uri,
+                        mlflow_experiment=mlflow_experiment, track=not no_track, log=click.echo)
+    click.echo(format_summary(summary))
+    click.echo(f"sweep: {Path(out_dir) / 'sweep.md'} and {Path(out_dir) / 'sweep.html'}")
+
+
 # ------------------------------------------------------------------------------ demo
 @main.command()
 @click.option("--out", default="demo-output", show_default=True, type=click.Path(file_okay=False))

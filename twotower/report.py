@@ -213,7 +213,7 @@ def markdown(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 # ---- plots ----------------------------------------------------------------------------------
-def _png(fig) -> str:
+def figure_png(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -222,7 +222,7 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -234,7 +234,7 @@ def _pyplot():
 def plot_metrics(runs: Sequence[Mapping[str, Any]]) -> str:
     """One panel per seed metric: a bar per experiment, the reference rows as markers, one sd
     over seeds as an error bar where an experiment ran with several seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     primary = primary_runs(runs)
     spread = seed_spread(runs)
     names = list(primary)
@@ -262,7 +262,7 @@ def plot_metrics(runs: Sequence[Mapping[str, Any]]) -> str:
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, bbox_to_anchor=(0.5, -0.03))
     fig.suptitle("Seed metrics per experiment (bars: model, error bar: sd over seeds; markers: reference rows; y axes do not start at 0)")
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_coverage(runs: Sequence[Mapping[str, Any]]) -> str | None:
@@ -272,7 +272,7 @@ def plot_coverage(runs: Sequence[Mapping[str, Any]]) -> str | None:
     curves = {n: c for n, c in curves.items() if c and c.get("k")}
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     cmap = plt.get_cmap("tab20")
     for i, (n, c) in enumerate(curves.items()):
@@ -288,7 +288,7 @@ def plot_coverage(runs: Sequence[Mapping[str, Any]]) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def item_projection(run: Mapping[str, Any], *, seed: int = 0) -> dict[str, Any] | None:
@@ -327,7 +327,7 @@ def plot_embeddings(runs: Sequence[Mapping[str, Any]]) -> str | None:
     projections = {n: p for n, p in projections.items() if p is not None}
     if not projections:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(4, len(projections))
     nrows = math.ceil(len(projections) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 4.0 * nrows), squeeze=False)
@@ -345,7 +345,7 @@ def plot_embeddings(runs: Sequence[Mapping[str, Any]]) -> str | None:
             ax.set_xlabel(p["cluster_source"], fontsize=7)
     fig.suptitle("Item embeddings (model's item tower), 2-D PCA, coloured by KMeans cluster")
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 # ---- HTML -----------------------------------------------------------------------------------

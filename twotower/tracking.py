@@ -1,4 +1,5 @@
-"""MLflow tracking of experiment runs: one MLflow run per finished run record (``experiment.py``).
+"""MLflow tracking of experiment and sweep runs: one MLflow run per finished run record
+(``experiment.py``, ``sweep.py``).
 
 The config goes in as flat params, the model row's metrics bare (``auc``), reference rows and
 diagnostics prefixed, the code version and data as tags, and the config, manifest, stage reports
@@ -92,13 +93,17 @@ def log_to_mlflow(record: Mapping[str, Any], run_dir: Path, features_dir: Path, 
         "config_hash": record["config_hash"],
         "data_hash": record["data_hash"],
         "features_dir": str(features_dir),
-        "features_key": record["stages"]["tfrecords"]["key"],
-        "stages": json.dumps({s: v["action"] for s, v in record["stages"].items()}),
-        "input_dir": record["input_dir"],
         "package_version": str(code.get("package_version")),
         "git_dirty": str(code.get("git_dirty")),
         "mlflow.note.content": record.get("description") or "",
     }
+    if record.get("stages"):  # an experiment run, which built or reused its features
+        tags["features_key"] = record["stages"]["tfrecords"]["key"]
+        tags["stages"] = json.dumps({s: v["action"] for s, v in record["stages"].items()})
+    if record.get("input_dir"):
+        tags["input_dir"] = record["input_dir"]
+    if record.get("sweep"):  # a sweep run (sweep.py): its point and the trained towers it shares
+        tags.update({f"sweep.{k}": str(record["sweep"][k]) for k in ("name", "point", "trained")})
     if code.get("git_commit"):
         tags["mlflow.source.git.commit"] = code["git_commit"]
     ms = lambda iso: int(_dt.datetime.fromisoformat(iso).timestamp() * 1000)  # noqa: E731

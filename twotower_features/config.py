@@ -26,6 +26,10 @@ HEADS = ("dot", "cosine", "batchnorm")
 LOSSES = ("bce", "softmax", "hybrid")
 # what retrieval adds to the model's score (twotower_model/prior.py)
 RETRIEVAL_PRIORS = ("none", "log_count")
+# which vectors the hybrid loss's softmax term scores: the ranking head's, or a retrieval head's own
+SOFTMAX_HEADS = ("shared", "separate")
+# [model] keys that change only full-catalog retrieval (the item vectors' prior column), not training
+RETRIEVAL_ONLY = ("retrieval_prior", "prior_weight")
 TOWERS = ("user", "item")
 
 # Features a tower may use. The feature job writes the ones the experiment selects; the
@@ -331,6 +335,11 @@ class ModelConfig:
     seed: int = 1
     # loss = "hybrid": BCE + hybrid_weight * in-batch softmax (twotower_model/tasks.py)
     hybrid_weight: float = 0.3
+    # loss = "hybrid": "separate" gives the softmax term a retrieval head of its own (a linear
+    # projection of each tower's output, L2-normalised, / softmax_temperature); retrieval from
+    # the catalog then uses it, the impressions keep the ranking head (no effect on other losses)
+    softmax_head: str = "shared"
+    softmax_temperature: float = 0.05
     # full-catalog retrieval adds prior_weight * log(1 + train count) of the item to the score
     retrieval_prior: str = "none"
     prior_weight: float = 1.0
@@ -347,8 +356,37 @@ class ModelConfig:
         _check(_num(self.learning_rate) and self.learning_rate > 0, "model.learning_rate", "a finite number > 0", self.learning_rate)
         _check(_int(self.seed), "model.seed", "an integer", self.seed)
         _check(_num(self.hybrid_weight) and self.hybrid_weight >= 0, "model.hybrid_weight", "a finite number >= 0", self.hybrid_weight)
+        _check(self.softmax_head in SOFTMAX_HEADS, "model.softmax_head", f"one of {SOFTMAX_HEADS}", self.softmax_head)
+        _check(_num(self.softmax_temperature) and self.softmax_temperature > 0, "model.softmax_temperature", "a finite number > 0", self.softmax_temperature)
         _check(self.retrieval_prior in RETRIEVAL_PRIORS, "model.retrieval_prior", f"one of {RETRIEVAL_PRIORS}", self.retrieval_prior)
         _check(_num(self.prior_weight) and self.prior_weight >= 0, "model.prior_weight", "a finite number >= 0", self.prior_weight)
+
+    def ineffective(self) -> set[str]:
+        """The settings that change nothing here: ``hybrid_weight`` and ``softmax_head`` unless
+        the loss is hybrid, ``softmax_temperature`` without a separate softmax head,
+        ``prior_weight`` without a retrieval prior."""
+        out = set()
+        if self.loss != "hybrid":
+            out |= {"hybrid_weight", "softmax_head"}
+        if self.loss != "hybrid" or self.softmax_head != "separate":
+            out.add("softmax_temperature")
+        if self.retrieval_prior == "none":
+            out.add("prior_weight")
+        return out
+
+    def canonical(self) -> "ModelConfig":
+        """The same model with its ``ineffective`` settings reset to their defaults, so that two
+        configs of one model compare equal."""
+        d = ModelConfig()
+        return dataclasses.replace(self, **{k: getattr(d, k) for k in self.ineffective()})
+
+    def training_dict(self) -> dict[str, Any]:
+        """What decides the trained towers: every canonical setting but ``RETRIEVAL_ONLY``."""
+        d = dataclasses.asdict(self.canonical())
+        for k in RETRIEVAL_ONLY:
+            d.pop(k)
+        d["hidden_units"] = list(self.hidden_units)
+        return d
 
 
 _SECTIONS = {
@@ -418,31 +456,8 @@ class ExperimentConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ExperimentConfig":
-        """The config of a TOML file (UTF-8, as TOML requires); every refusal is a ``ConfigError``
-        naming the file: missing, a folder, unreadable, not UTF-8 (with the byte's offset and
-        line), not TOML, or a bad value (naming the key)."""
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        if path.is_dir():
-            raise ConfigError(f"config file {str(path)!r} is a directory; expected a TOML file")
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise ConfigError(f"config file {str(path)!r} cannot be read: {e.strerror or e}") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = raw.count(b"\n", 0, e.start) + 1
-            raise ConfigError(
-                f"config file {str(path)!r} is not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line}); "
-                "TOML files must be UTF-8, save it with that encoding"
-            ) from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-        return cls.from_dict(data)
+        """The config of a TOML file (``read_toml``); a bad value is a ``ConfigError`` naming the key."""
+        return cls.from_dict(read_toml(path))
 
     def to_dict(self) -> dict[str, Any]:
         def conv(v: Any) -> Any:
@@ -468,3 +483,30 @@ class ExperimentConfig:
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The table of a TOML file (UTF-8, as TOML requires); every refusal is a ``ConfigError``
+    naming the file (``what`` and path): missing, a folder, unreadable, not UTF-8 (with the
+    byte's offset and line), or not TOML. Nothing in the file is run or followed."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a directory; expected a TOML file")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"{what} {str(path)!r} is not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line}); "
+            "TOML files must be UTF-8, save it with that encoding"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {str(path)!r} is not valid TOML: {e}") from None

@@ -47,7 +47,7 @@ from .metrics import (
     reference_scores,
     write_metrics_json,
 )
-from .prior import model_prior, with_user_prior, without_item_prior
+from .prior import model_prior, without_item_prior
 from .provenance import check_model, check_split_files
 
 DIAGNOSTIC_KS = (10, 100)
@@ -148,10 +148,12 @@ def choose_user_rows(preds: pd.DataFrame, *, max_users: int | None = None, seed:
 
 
 def user_embeddings_at_rows(
-    model_dir: str | Path, features_dir: str | Path, spec: FeatureSpec, rows: np.ndarray, n_records: int
+    model_dir: str | Path, features_dir: str | Path, spec: FeatureSpec, rows: np.ndarray, n_records: int, *, side: str = "user"
 ) -> np.ndarray:
     """User-tower embeddings of the validation records at positions ``rows`` (record order),
-    in the order of ``rows``; one pass over the split, only the chosen records embedded."""
+    in the order of ``rows``; one pass over the split, only the chosen records embedded.
+    ``side="query"``: the retrieval queries instead (``export.ExportedTowers.embed``), with the
+    prior's 1.0 appended when the model has a retrieval prior."""
     import tensorflow as tf
 
     from .data import make_dataset
@@ -172,7 +174,7 @@ def user_embeddings_at_rows(
         a, b = np.searchsorted(sorted_rows, [offset, offset + size])
         if b > a:
             local = tf.constant(sorted_rows[a:b] - offset)
-            vec = towers.embed("user", {n: tf.gather(t, local) for n, t in batch.items()}).numpy()
+            vec = towers.embed(side, {n: tf.gather(t, local) for n, t in batch.items()}).numpy()
             if out is None:
                 out = np.empty((rows.size, vec.shape[1]), dtype=np.float32)
             out[order[a:b]] = vec
@@ -248,14 +250,12 @@ def catalog_diagnostics(
     item_index = pd.Index(item_ids)
     chosen = choose_user_rows(preds, max_users=max_users, seed=seed)
     users = chosen[C.USER_ID].to_numpy()
-    user_emb = user_embeddings_at_rows(model_dir, features_dir, spec, chosen["row"].to_numpy(), len(preds))
+    user_emb = user_embeddings_at_rows(model_dir, features_dir, spec, chosen["row"].to_numpy(), len(preds), side="query")
     prior = model_prior(model_dir)
-    if prior.active:
-        user_emb = with_user_prior(user_emb)
     if user_emb.shape[1] != item_emb.shape[1]:
         raise ValueError(
             f"user embeddings have {user_emb.shape[1]} dimensions, {str(model_dir)!r}'s item embeddings {item_emb.shape[1]} "
-            f"(retrieval prior {prior.kind!r}): rewrite the item embeddings with this model's config"
+            f"(retrieval prior {prior.kind!r}): give the folder its prior again with `twotower_model.train.set_retrieval_prior`, or retrain"
         )
     positives, outside = _positives(preds, users, item_index)
     art = items_artifact(features_dir, item_ids, spec=spec, seed=seed)

@@ -8,10 +8,13 @@ A model folder holds:
   takes the tower's raw feature tensors (``[batch, *shape]``; strings for ids) by column name
   and returns ``{"embedding": [batch, output_dim]}``. The model's logit is exactly
   ``dot(user embedding, item embedding)`` (the head is folded into the towers, see
-  ``model.py``); written by ``export.save_model``, read by ``export.load_towers``;
+  ``model.py``); written by ``export.save_model``, read by ``export.load_towers``. With a
+  retrieval prior or a separate retrieval head the user tower also has the ``retrieval_query``
+  signature (the query of an inner-product index over ``item_embeddings.parquet``, with the
+  prior's 1.0 appended), and with the head the item tower ``retrieval_candidate``;
 - ``model.keras``: the whole Keras model (towers, head, task), for ``export.load_model``;
 - ``item_embeddings.parquet``: ``item_id`` (string), ``embedding`` (list<float>), one row per
-  catalog item; written by ``predict.write_item_embeddings``, read by ``items.read_item_embeddings``;
+  catalog item, its retrieval candidate vector (plus the prior's column, ``prior.py``); written by ``predict.write_item_embeddings``, read by ``items.read_item_embeddings``;
 - ``resolved_model_config.json``: the ``ModelConfig`` with every default filled in;
 - ``provenance.json``: the features folder the model was trained on (``provenance.py``: its
   manifest's ``config_hash``, ``data_hash``, ``created_at``, the feature spec's version and
@@ -36,6 +39,10 @@ PROVENANCE_FILE = "provenance.json"
 TOWER_PROVENANCE = "provenance"
 # the exported towers' output key, and the vector column of item_embeddings.parquet
 EMBEDDING = "embedding"
+# the towers' retrieval signatures (export.py): the user's query (with the prior's 1.0 appended),
+# present with a retrieval prior or a separate retrieval head; the item's candidate, with the head
+RETRIEVAL_SIGNATURE = "retrieval_query"
+CANDIDATE_SIGNATURE = "retrieval_candidate"
 
 # evaluation folder
 PREDICTIONS_FILE = "predictions.parquet"

@@ -14,6 +14,11 @@ Heads (``ScoringHead``): each tower's output is mapped to a *query* (user) and a
 
 The exported towers output ``q`` and ``c`` (``export.py``), so any consumer scores with a plain
 dot product.
+
+A model trained with the hybrid loss and ``softmax_head = "separate"`` also has a
+``RetrievalHead``: a linear map of each tower's output (no bias), L2-normalised, the query
+divided by ``softmax_temperature``. The softmax term trains it, full-catalog retrieval uses it
+(``retrieval_query`` / ``retrieval_candidate``), and the impressions keep the ranking head.
 """
 from __future__ import annotations
 
@@ -28,7 +33,15 @@ from twotower_features.spec import FeatureSpec
 
 from .data import item_id_column
 from .metrics import SCORE
-from .tasks import CANDIDATE, QUERY, BinaryTask, HybridTask, InBatchSoftmaxTask
+from .tasks import (
+    CANDIDATE,
+    QUERY,
+    RETRIEVAL_CANDIDATE,
+    RETRIEVAL_QUERY,
+    BinaryTask,
+    HybridTask,
+    InBatchSoftmaxTask,
+)
 from .towers import Tower
 
 
@@ -77,6 +90,35 @@ class ScoringHead(keras.layers.Layer):
         return {**super().get_config(), "kind": self.kind, "temperature": self.temperature}
 
 
+@keras.saving.register_keras_serializable(package="twotower")
+class RetrievalHead(keras.layers.Layer):
+    """Retrieval vectors of its own: ``q = l2n(u @ Wu) / temperature``, ``c = l2n(v @ Wv)``."""
+
+    def __init__(self, dim: int, temperature: float = 0.05, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        self.dim, self.temperature = int(dim), float(temperature)
+        self.user_proj = keras.layers.Dense(self.dim, use_bias=False, name="user_retrieval")
+        self.item_proj = keras.layers.Dense(self.dim, use_bias=False, name="item_retrieval")
+
+    def build(self, u_shape: Any, v_shape: Any = None) -> None:
+        if self.built:
+            return
+        self.user_proj.build(tuple(u_shape))
+        self.item_proj.build(tuple(v_shape if v_shape is not None else u_shape))
+        self.built = True
+
+    def query(self, u: Any, training: bool | None = None) -> Any:
+        return _l2_normalize(self.user_proj(u)) / self.temperature
+
+    def candidate(self, v: Any, training: bool | None = None) -> Any:
+        return _l2_normalize(self.item_proj(v))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "dim": self.dim, "temperature": self.temperature}
+
+
 def _l2_normalize(x: Any) -> Any:
     return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
 
@@ -84,9 +126,13 @@ def _l2_normalize(x: Any) -> Any:
 @keras.saving.register_keras_serializable(package="twotower")
 class TwoTowerModel(keras.Model):
     """``call(features) -> {"query": [b, d], "candidate": [b, d], "score": [b]}``; the score is
-    the logit ``dot(query, candidate)``. Training hands the batch to ``task``."""
+    the logit ``dot(query, candidate)``; with a ``retrieval_head`` also ``"retrieval_query"`` and
+    ``"retrieval_candidate"``. Training hands the batch to ``task``."""
 
-    def __init__(self, user_tower: Tower, item_tower: Tower, head: ScoringHead, task: keras.layers.Layer, **kwargs: Any) -> None:
+    def __init__(
+        self, user_tower: Tower, item_tower: Tower, head: ScoringHead, task: keras.layers.Layer,
+        retrieval_head: RetrievalHead | None = None, **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if user_tower.output_dim != item_tower.output_dim:
             raise ValueError(
@@ -96,6 +142,7 @@ class TwoTowerModel(keras.Model):
         self.item_tower = item_tower
         self.head = head
         self.task = task
+        self.retrieval_head = retrieval_head
 
     def build(self, input_shape: Any = None) -> None:
         """Create every weight; the towers know their input shapes from the feature spec."""
@@ -104,6 +151,8 @@ class TwoTowerModel(keras.Model):
         self.user_tower.build()
         self.item_tower.build()
         self.head.build((None, self.user_tower.output_dim), (None, self.item_tower.output_dim))
+        if self.retrieval_head is not None:
+            self.retrieval_head.build((None, self.user_tower.output_dim), (None, self.item_tower.output_dim))
         self.built = True
 
     def get_build_config(self) -> dict[str, Any]:
@@ -113,9 +162,19 @@ class TwoTowerModel(keras.Model):
         self.build()
 
     def call(self, features: Mapping[str, Any], training: bool | None = None) -> dict[str, Any]:
-        q = self.head.query(self.user_tower(features, training=training), training=training)
-        c = self.head.candidate(self.item_tower(features, training=training), training=training)
-        return {QUERY: q, CANDIDATE: c, SCORE: ops.sum(q * c, axis=-1)}
+        u = self.user_tower(features, training=training)
+        v = self.item_tower(features, training=training)
+        q, c = self.head.query(u, training=training), self.head.candidate(v, training=training)
+        out = {QUERY: q, CANDIDATE: c, SCORE: ops.sum(q * c, axis=-1)}
+        if self.retrieval_head is not None:
+            out[RETRIEVAL_QUERY] = self.retrieval_head.query(u, training=training)
+            out[RETRIEVAL_CANDIDATE] = self.retrieval_head.candidate(v, training=training)
+        return out
+
+    @property
+    def retrieval(self) -> ScoringHead | RetrievalHead:
+        """The head full-catalog retrieval scores with: the retrieval head, else the ranking head."""
+        return self.retrieval_head if self.retrieval_head is not None else self.head
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Keras' hook: the task's loss on the batch ``x`` (labels and weights are columns of it)."""
@@ -132,12 +191,15 @@ class TwoTowerModel(keras.Model):
             "item_tower": ser(self.item_tower),
             "head": ser(self.head),
             "task": ser(self.task),
+            "retrieval_head": ser(self.retrieval_head) if self.retrieval_head is not None else None,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "TwoTowerModel":
         de = keras.saving.deserialize_keras_object
         kwargs = {k: de(config[k]) for k in ("user_tower", "item_tower", "head", "task")}
+        if config.get("retrieval_head") is not None:
+            kwargs["retrieval_head"] = de(config["retrieval_head"])
         return cls(name=config.get("name"), **kwargs)
 
 
@@ -156,8 +218,11 @@ def build_model(spec: FeatureSpec, feat_dir: str | Path, cfg: ModelConfig, *, it
     else:
         task = HybridTask(
             label=spec.label, weight=spec.weight, item_key=item_id_column(spec), item_counts=item_counts,
-            softmax_weight=cfg.hybrid_weight, name="task",
+            softmax_weight=cfg.hybrid_weight, separate_head=cfg.softmax_head == "separate", name="task",
         )
-    model = TwoTowerModel(user, item, head, task, name="two_tower")
+    retrieval = None
+    if cfg.loss == "hybrid" and cfg.softmax_head == "separate":
+        retrieval = RetrievalHead(cfg.output_dim, cfg.softmax_temperature, name="retrieval_head")
+    model = TwoTowerModel(user, item, head, task, retrieval, name="two_tower")
     model.build()
     return model

@@ -1,5 +1,6 @@
 """Scoring with a trained model: the logit of every record of a split (``predict``) and the
-candidate embedding of every catalog item (``iter_item_embeddings``, ``write_item_embeddings``).
+retrieval candidate vector of every catalog item (``iter_item_embeddings``,
+``write_item_embeddings``; the ranking head's candidate unless the model has a retrieval head).
 
 Each takes a model in memory (``TwoTowerModel``) or a model folder, scored with its exported
 towers (``export.load_towers``); both give the same numbers.
@@ -40,16 +41,16 @@ def _scorer(model_or_dir: TwoTowerModel | str | Path) -> tuple[Callable[[Mapping
 
 
 def _item_embedder(model_or_dir: TwoTowerModel | str | Path) -> tuple[Callable[[Mapping[str, Any]], tf.Tensor], list[str]]:
-    """(candidate embedding function, item features) of an in-memory model or a model folder."""
+    """(retrieval candidate function, item features) of an in-memory model or a model folder."""
     if isinstance(model_or_dir, TwoTowerModel):
         model = model_or_dir
         fn = tf.function(
-            lambda f: model.head.candidate(model.item_tower(f, training=False), training=False), reduce_retracing=True
+            lambda f: model.retrieval.candidate(model.item_tower(f, training=False), training=False), reduce_retracing=True
         )
         return fn, model.item_tower.feature_names
     if isinstance(model_or_dir, (str, Path)):
         towers = load_towers(model_or_dir)
-        return (lambda f: towers.embed("item", f)), towers.feature_names["item"]
+        return (lambda f: towers.embed("candidate", f)), towers.feature_names["item"]
     raise TypeError(f"model_dir_or_model must be a TwoTowerModel or a model folder path, got {type(model_or_dir).__name__}")
 
 

@@ -4,7 +4,8 @@ A BCE model learns P(engaged | shown), which carries no popularity; retrieving f
 catalog needs it back. With ``model.retrieval_prior = "log_count"`` each item's candidate
 vector gets one extra dimension, ``prior_weight * log(1 + train count)`` (``item_prior``,
 ``with_item_prior``; an item without a train count gets 0), and each user's query vector one
-extra dimension of 1.0 (``with_user_prior``), so that
+extra dimension of 1.0 (the exported user tower's ``retrieval_query`` signature, ``export.py``),
+so that
 
     dot(query + [1], candidate + [prior]) = model score + prior
 
@@ -13,7 +14,7 @@ towers themselves, and so every impression score (``predict``, the evaluator's A
 other seed metrics), are untouched: the prior is for retrieval only.
 
 ``predict.write_item_embeddings`` writes the item side; ``evaluate.catalog_diagnostics`` reads
-it back and adds the user side. Which prior a model folder's item embeddings carry is its
+it back and queries it with the user tower's retrieval signature. Which prior a model folder's item embeddings carry is its
 ``resolved_model_config.json`` (``model_prior``).
 """
 from __future__ import annotations
@@ -78,12 +79,6 @@ def with_item_prior(vectors: np.ndarray, prior_values: np.ndarray) -> np.ndarray
     """``(n_items, d)`` candidate vectors with ``prior_values`` appended as column ``d``."""
     vectors = np.asarray(vectors, dtype=np.float32)
     return np.concatenate([vectors, np.asarray(prior_values, np.float32).reshape(-1, 1)], axis=1)
-
-
-def with_user_prior(vectors: np.ndarray) -> np.ndarray:
-    """``(n_users, d)`` query vectors with a column of 1.0 appended, the prior's multiplier."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return np.concatenate([vectors, np.ones((len(vectors), 1), np.float32)], axis=1)
 
 
 def without_item_prior(vectors: np.ndarray, prior: RetrievalPrior) -> np.ndarray:

@@ -9,7 +9,9 @@ outputs (``outputs``: ``QUERY``, ``CANDIDATE`` and ``SCORE``, the logit ``dot(qu
 - ``InBatchSoftmaxTask``: in-batch sampled softmax over the batch's items with the positives as
   queries and the logQ correction of Yi et al., RecSys 2019;
 - ``HybridTask``: ``BinaryTask + softmax_weight * InBatchSoftmaxTask`` on the same batch: the
-  BCE ranks the impressions, the softmax term teaches the embeddings to retrieve from the catalog.
+  BCE ranks the impressions, the softmax term teaches the embeddings to retrieve from the catalog;
+  with ``separate_head`` the softmax term scores the retrieval head's vectors
+  (``RETRIEVAL_QUERY``, ``RETRIEVAL_CANDIDATE``) instead of the ranking head's.
 """
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ from keras import ops
 
 from .metrics import SCORE
 
-# the model's outputs besides SCORE (see model.py)
+# the model's outputs besides SCORE (see model.py); the retrieval pair only with a retrieval head
 QUERY = "query"
 CANDIDATE = "candidate"
+RETRIEVAL_QUERY = "retrieval_query"
+RETRIEVAL_CANDIDATE = "retrieval_candidate"
 
 
 @keras.saving.register_keras_serializable(package="twotower")
@@ -56,7 +60,8 @@ class InBatchSoftmaxTask(keras.layers.Layer):
     ``- log(q_item)``, ``q_item`` the item's share of the train-window interactions
     (``item_counts``; an item not counted gets a count of 1). Candidates with the same item id
     as the query's positive ("accidental hits") are masked out. Per-query losses are averaged
-    with the queries' sample weights. A batch without a positive has loss 0.
+    with the queries' sample weights. A batch without a positive has loss 0. ``query_key`` and
+    ``candidate_key`` name the outputs it scores.
     """
 
     def __init__(
@@ -66,12 +71,15 @@ class InBatchSoftmaxTask(keras.layers.Layer):
         item_key: str = "item_id",
         item_counts: Mapping[str, float] | None = None,
         remove_accidental_hits: bool = True,
+        query_key: str = QUERY,
+        candidate_key: str = CANDIDATE,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.label = label
         self.weight = weight
         self.item_key = item_key
+        self.query_key, self.candidate_key = query_key, candidate_key
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.item_counts = {str(k): float(v) for k, v in (item_counts or {}).items()}
         bad = [k for k, v in self.item_counts.items() if not (v >= 0 and math.isfinite(v))]
@@ -91,7 +99,7 @@ class InBatchSoftmaxTask(keras.layers.Layer):
         return self._log_q is not None
 
     def call(self, features: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
-        query, candidate = outputs[QUERY], outputs[CANDIDATE]
+        query, candidate = outputs[self.query_key], outputs[self.candidate_key]
         item_ids = ops.reshape(features[self.item_key], (-1,))
         labels = ops.cast(ops.reshape(features[self.label], (-1,)), query.dtype)
         positive = labels > 0
@@ -115,6 +123,8 @@ class InBatchSoftmaxTask(keras.layers.Layer):
             "item_key": self.item_key,
             "item_counts": self.item_counts,
             "remove_accidental_hits": self.remove_accidental_hits,
+            "query_key": self.query_key,
+            "candidate_key": self.candidate_key,
         }
 
 
@@ -122,7 +132,8 @@ class InBatchSoftmaxTask(keras.layers.Layer):
 class HybridTask(keras.layers.Layer):
     """``BinaryTask`` on every row plus ``softmax_weight`` times ``InBatchSoftmaxTask`` on the
     batch's positives (logQ correction from ``item_counts``, accidental hits masked); both
-    terms are those classes' own losses, with the same label and weight columns."""
+    terms are those classes' own losses, with the same label and weight columns. With
+    ``separate_head`` the softmax term scores the retrieval head's outputs."""
 
     def __init__(
         self,
@@ -132,6 +143,7 @@ class HybridTask(keras.layers.Layer):
         item_counts: Mapping[str, float] | None = None,
         remove_accidental_hits: bool = True,
         softmax_weight: float = 0.3,
+        separate_head: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -139,10 +151,12 @@ class HybridTask(keras.layers.Layer):
         if not (softmax_weight >= 0 and math.isfinite(softmax_weight)):
             raise ValueError(f"softmax_weight must be a finite number >= 0, got {softmax_weight!r}")
         self.softmax_weight = softmax_weight
+        self.separate_head = bool(separate_head)
+        keys = (RETRIEVAL_QUERY, RETRIEVAL_CANDIDATE) if self.separate_head else (QUERY, CANDIDATE)
         self.binary = BinaryTask(label=label, weight=weight, name="binary")
         self.softmax = InBatchSoftmaxTask(
             label=label, weight=weight, item_key=item_key, item_counts=item_counts,
-            remove_accidental_hits=remove_accidental_hits, name="softmax",
+            remove_accidental_hits=remove_accidental_hits, query_key=keys[0], candidate_key=keys[1], name="softmax",
         )
 
     def build(self, *args: Any, **kwargs: Any) -> None:
@@ -171,6 +185,7 @@ class HybridTask(keras.layers.Layer):
             "item_counts": sm.item_counts,
             "remove_accidental_hits": sm.remove_accidental_hits,
             "softmax_weight": self.softmax_weight,
+            "separate_head": self.separate_head,
         }
 
 

@@ -6,10 +6,12 @@ trains it on the ``train`` split; ``train(feat_dir, model_dir, cfg)`` also saves
 the resolved ``ModelConfig``, the training report and the provenance of the features
 (``provenance.py``): ``layout.py`` lists the folder's files. Both refuse a features folder whose
 TFRecord files differ from its manifest (``provenance.check_split_files``) before training.
+``set_retrieval_prior`` gives a trained model folder another retrieval prior without retraining.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -17,10 +19,11 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from twotower_features.config import ModelConfig
+from twotower_features.config import RETRIEVAL_ONLY, ModelConfig
 from twotower_features.io import write_json_atomic
 from twotower_features.spec import FeatureSpec
 
+from . import export
 from .data import CATALOG, SPLITS_KEY, make_dataset
 from .export import save_model
 from .items import read_item_counts
@@ -28,7 +31,7 @@ from .layout import CONFIG_FILE, ITEM_EMBEDDINGS_FILE, REPORT_FILE
 from .model import TwoTowerModel, build_model
 from .optimizer import make_optimizer
 from .predict import write_item_embeddings
-from .prior import RetrievalPrior
+from .prior import RetrievalPrior, model_prior
 from .provenance import check_split_files, features_provenance, write_model_provenance
 from .tasks import HybridTask, InBatchSoftmaxTask
 
@@ -115,6 +118,7 @@ def fit_model(
         "head": model_cfg.head,
         "loss": model_cfg.loss,
         "hybrid_weight": model_cfg.hybrid_weight if model_cfg.loss == "hybrid" else None,
+        "softmax_head": model_cfg.softmax_head if model_cfg.loss == "hybrid" else None,
         "logq_correction": isinstance(model.task, IN_BATCH_TASKS) and model.task.logq_correction,
         "optimizer": optimizer,
         "fit_seconds": time.perf_counter() - started,
@@ -138,7 +142,7 @@ def train(
     model, report = fit_model(feat_dir, model_cfg, progress=progress)
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    save_model(model, model_dir, provenance=provenance)
+    save_model(model, model_dir, provenance=provenance, prior=RetrievalPrior.of(model_cfg))
     write_model_provenance(model_dir, provenance)
     report["catalog_items"] = write_item_embeddings(
         model, feat_dir, model_dir / ITEM_EMBEDDINGS_FILE, prior=RetrievalPrior.of(model_cfg)
@@ -148,6 +152,29 @@ def train(
     write_json_atomic(model_dir / REPORT_FILE, report)
     progress(f"saved model to {str(model_dir)!r}")
     return report
+
+
+def set_retrieval_prior(model_dir: str | Path, feat_dir: str | Path, model_cfg: ModelConfig) -> dict[str, Any]:
+    """Give the trained model in ``model_dir`` the retrieval prior of ``model_cfg``, in place: the
+    user tower's retrieval signature, the item embeddings' prior column and the resolved config.
+    ``model_cfg`` must train the same towers as the folder's own config (``training_dict``), so
+    the folder stays what ``train`` with ``model_cfg`` would have written. Every file it changes
+    is replaced, not written through (safe on a folder hard-linked from another). Returns the
+    new prior (``RetrievalPrior.as_dict``)."""
+    model_dir = Path(model_dir)
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {str(model_dir)!r}: run train first")
+    saved = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(path.read_text()).items()})
+    if saved.training_dict() != model_cfg.training_dict():
+        diff = sorted(k for k, v in model_cfg.training_dict().items() if saved.training_dict().get(k) != v)
+        raise ValueError(f"{str(model_dir)!r} was trained with other [model] settings {diff}: only {RETRIEVAL_ONLY} may differ")
+    prior = RetrievalPrior.of(model_cfg)
+    if model_prior(model_dir) != prior:
+        export.set_retrieval_prior(model_dir, prior)
+        write_item_embeddings(model_dir, feat_dir, model_dir / ITEM_EMBEDDINGS_FILE, prior=prior)
+    write_json_atomic(path, _config_dict(model_cfg))
+    return prior.as_dict()
 
 
 def _training_columns(spec: FeatureSpec, model: TwoTowerModel) -> list[str]:

@@ -86,6 +86,8 @@ DEFAULTS = {
         "learning_rate": 0.01,
         "seed": 1,
         "hybrid_weight": 0.3,
+        "softmax_head": "shared",
+        "softmax_temperature": 0.05,
         "retrieval_prior": "none",
         "prior_weight": 1.0,
     },
@@ -657,11 +659,38 @@ def test_model_hybrid_with_log_count_prior_allowed():
     assert (m.loss, m.hybrid_weight, m.retrieval_prior, m.prior_weight) == ("hybrid", 1.0, "log_count", 0.5)
 
 
+@pytest.mark.parametrize("value", ["own", "Separate", "", None, True])
+def test_model_softmax_head_must_be_known(value):
+    refused({"model": {"softmax_head": value}}, "model.softmax_head", "one of ('shared', 'separate')")
+
+
+@pytest.mark.parametrize("value", [0, -0.05, True, "0.05", math.inf, math.nan, None])
+def test_model_softmax_temperature_must_be_a_finite_number_above_zero(value):
+    refused({"model": {"softmax_temperature": value}}, "model.softmax_temperature", f"a finite number > 0, got {value!r}")
+
+
+def test_settings_without_effect_are_ineffective_and_canonical_resets_them():
+    from twotower_features.config import ModelConfig
+
+    bce = ModelConfig(loss="bce", hybrid_weight=0.9, softmax_head="separate", softmax_temperature=0.2, prior_weight=3.0)
+    assert bce.ineffective() == {"hybrid_weight", "softmax_head", "softmax_temperature", "prior_weight"}
+    assert bce.canonical() == ModelConfig(loss="bce")
+    shared = ModelConfig(loss="hybrid", hybrid_weight=0.9, softmax_temperature=0.2, retrieval_prior="log_count", prior_weight=3.0)
+    assert shared.ineffective() == {"softmax_temperature"}
+    assert shared.canonical() == ModelConfig(loss="hybrid", hybrid_weight=0.9, retrieval_prior="log_count", prior_weight=3.0)
+    separate = ModelConfig(loss="hybrid", softmax_head="separate", softmax_temperature=0.2)
+    assert separate.ineffective() == {"prior_weight"} and separate.canonical() == separate
+    # the trained towers do not depend on the prior: one training dict for every prior
+    assert shared.training_dict() == ModelConfig(loss="hybrid", hybrid_weight=0.9).training_dict()
+    assert "retrieval_prior" not in shared.training_dict() and shared.training_dict()["hidden_units"] == [64]
+
+
 # ------------------------------------------------------------------------------ shipped configs
 SHIPPED = {
     "demo", "exp01_base_dedup", "exp02_base_dedup_weighted", "exp03_simclr_history_mean", "exp04_dedup_history_mean",
     "exp05_simclr_history_ids", "exp06_dedup_history_ids", "exp07_simclr_concat5_creator",
     "exp08_simclr_cluster18_creator", "exp09_cluster18_cosine", "exp10_cluster18_batchnorm", "exp11_simclr_history_cosine",
+    "exp12_cluster18_creator_rank_retrieve", "exp13_history_cosine_rank_retrieve",
 }
 
 
@@ -696,6 +725,18 @@ def test_shipped_configs_match_the_spec_catalog():
     assert (e7.label.rule, e7.history.aggregations, e7.history.concat_k, e7.embeddings.pca_components) == ("fraction_watched > 0.99 OR liked OR shared", ("concat",), 5, 64)
     assert (e8.history.aggregations, e8.embeddings.kmeans_k, e8.model.head) == (("clusters",), 18, "dot")
     assert e9.model.head == "cosine"
+
+
+def test_the_rank_and_retrieve_entries_are_seed_features_with_the_demos_model():
+    """exp12 and exp13 reuse #8's and #11's feature outputs (same data hash) and train the demo's model."""
+    f = _shipped_files()
+    demo = ExperimentConfig.from_file(f["demo"]).model
+    for seed_exp, new in (("exp08_simclr_cluster18_creator", "exp12_cluster18_creator_rank_retrieve"),
+                          ("exp11_simclr_history_cosine", "exp13_history_cosine_rank_retrieve")):
+        a, b = ExperimentConfig.from_file(f[seed_exp]), ExperimentConfig.from_file(f[new])
+        assert a.data_hash() == b.data_hash()
+        assert b.model == demo
+        assert (b.model.loss, b.model.softmax_head) == ("hybrid", "separate")
 
 
 def test_a_non_default_config_round_trips():

@@ -73,3 +73,61 @@ def test_hybrid_model_saved_towers_and_keras_file_score_like_the_in_memory_model
     assert loaded.task.get_config()["item_counts"] == model.task.get_config()["item_counts"]
     reloaded = tpredict.predict(loaded, root, "validation")
     np.testing.assert_allclose(reloaded["score"], in_memory["score"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained_separate(feat, tmp_path_factory):
+    """A hybrid model with a separate retrieval head and a retrieval prior, through ``train``."""
+    from twotower_features.config import ModelConfig
+    from twotower_model.train import fit_model, train
+
+    from .tiny_features import SMALL
+
+    root, _ = feat
+    cfg = ModelConfig(head="cosine", loss="hybrid", hybrid_weight=0.5, softmax_head="separate", softmax_temperature=0.2,
+                      retrieval_prior="log_count", prior_weight=0.5, epochs=2, **SMALL)
+    model_dir = tmp_path_factory.mktemp("model_separate")
+    train(root, model_dir, cfg, progress=lambda s: None)
+    model, _ = fit_model(root, cfg, progress=lambda s: None)  # the same model again, in memory (seeded)
+    return model, model_dir, cfg
+
+
+def test_separate_retrieval_head_vectors_by_numpy_and_every_export_agrees(feat, trained_separate):
+    """Retrieval query = l2n(u @ Wu) / 0.2 and candidate = l2n(v @ Wv), from the towers' outputs
+    and the head's kernels; the exported signatures, the reloaded Keras file and the item file
+    give those vectors, and the impressions keep the ranking head."""
+    from twotower_features.spec import FeatureSpec
+    from twotower_model.data import item_id_column, make_dataset
+    from twotower_model.export import load_model, load_towers
+    from twotower_model.items import read_item_counts, read_item_embeddings
+    from twotower_model.tasks import RETRIEVAL_CANDIDATE, RETRIEVAL_QUERY
+
+    root, _ = feat
+    model, model_dir, cfg = trained_separate
+    spec = FeatureSpec.load(root)
+    batch = next(iter(make_dataset(root, "validation", spec, batch_size=64, shuffle=False, seed=0)))
+    u = model.user_tower(batch, training=False).numpy().astype(np.float64)
+    v = model.item_tower(batch, training=False).numpy().astype(np.float64)
+    wu = model.retrieval_head.user_proj.kernel.numpy().astype(np.float64)
+    wv = model.retrieval_head.item_proj.kernel.numpy().astype(np.float64)
+    l2n = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    query, cand = l2n(u @ wu) / 0.2, l2n(v @ wv)
+    out = model(batch, training=False)
+    np.testing.assert_allclose(out[RETRIEVAL_QUERY].numpy(), query, atol=1e-5)
+    np.testing.assert_allclose(out[RETRIEVAL_CANDIDATE].numpy(), cand, atol=1e-5)
+    assert not np.allclose(out["query"].numpy(), query, atol=1e-3)  # the ranking head is another map
+    loaded = load_model(model_dir)
+    for key in (RETRIEVAL_QUERY, RETRIEVAL_CANDIDATE, "score"):
+        np.testing.assert_allclose(loaded(batch, training=False)[key].numpy(), out[key].numpy(), atol=1e-5)
+    towers = load_towers(model_dir)
+    np.testing.assert_allclose(towers.embed("query", batch).numpy(), np.hstack([query, np.ones((len(query), 1))]), atol=1e-5)
+    np.testing.assert_allclose(towers.embed("candidate", batch).numpy(), cand, atol=1e-5)
+    np.testing.assert_allclose(towers.score(batch).numpy(), out["score"].numpy(), atol=1e-4)
+    # item_embeddings.parquet: each catalog item's candidate, then 0.5 * log1p(train count)
+    ids, emb = read_item_embeddings(model_dir)
+    catalog = next(iter(make_dataset(root, "catalog", spec, batch_size=4096, shuffle=False, seed=0)))
+    cat = l2n(model.item_tower(catalog, training=False).numpy().astype(np.float64) @ wv)
+    assert [x.decode() for x in catalog[item_id_column(spec)].numpy()] == list(ids)
+    np.testing.assert_allclose(emb[:, :-1], cat, atol=1e-5)
+    counts = read_item_counts(root, spec)
+    np.testing.assert_allclose(emb[:, -1], [0.5 * np.log1p(counts.get(i, 0.0)) for i in ids], rtol=1e-5)

@@ -22,7 +22,8 @@ def test_prior_adds_log1p_count_times_weight_to_every_inner_product():
     expected_prior = np.array([0.5 * math.log(1), 0.5 * math.log(10), 0.5 * math.log(4), 0.0])
     values = tprior.item_prior(ids, counts, prior)
     np.testing.assert_allclose(values, expected_prior, rtol=1e-6)
-    got = tprior.with_user_prior(users) @ tprior.with_item_prior(items, values).T
+    queries = np.hstack([users, np.ones((len(users), 1), np.float32)])  # the user tower's retrieval query
+    got = queries @ tprior.with_item_prior(items, values).T
     expected = users.astype(np.float64) @ items.T.astype(np.float64) + expected_prior[None, :]
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(tprior.without_item_prior(tprior.with_item_prior(items, values), prior), items)
@@ -128,3 +129,78 @@ def test_catalog_recall_ranks_by_score_plus_prior(with_and_without_prior):
         sorted(range(len(ITEMS)), key=lambda j: (-a[j], j))[:3] != sorted(range(len(ITEMS)), key=lambda j: (-b[j], j))[:3]
         for a, b in zip(scores, plain)
     )
+
+
+def test_exported_user_tower_serves_the_prior_column(with_and_without_prior):
+    """The prior model's user tower answers the retrieval signature with its own vector and 1.0
+    appended; the model without a prior has no such signature (its query is the user vector)."""
+    from twotower_features.spec import FeatureSpec
+    from twotower_model import evaluate as tevaluate
+    root, _, out = with_and_without_prior
+    (dir0, eval0, _), (dir1, _, _) = out["none"], out["log_count"]
+    from twotower_model.layout import RETRIEVAL_SIGNATURE
+
+    assert RETRIEVAL_SIGNATURE in tf_signatures(dir1 / "user_tower") and RETRIEVAL_SIGNATURE not in tf_signatures(dir0 / "user_tower")
+    preds = pd.read_parquet(eval0 / "predictions.parquet")
+    rows = tevaluate.choose_user_rows(preds)["row"].to_numpy()
+    spec = FeatureSpec.load(root)
+    users = tevaluate.user_embeddings_at_rows(dir1, root, spec, rows, len(preds))
+    queries = tevaluate.user_embeddings_at_rows(dir1, root, spec, rows, len(preds), side="query")
+    assert queries.shape == (len(rows), users.shape[1] + 1)
+    np.testing.assert_array_equal(queries[:, :-1], users)
+    np.testing.assert_array_equal(queries[:, -1], np.ones(len(rows), np.float32))
+    np.testing.assert_array_equal(tevaluate.user_embeddings_at_rows(dir0, root, spec, rows, len(preds), side="query"), users)
+
+
+def test_set_retrieval_prior_on_a_linked_copy_equals_training_with_it(with_and_without_prior, tmp_path):
+    """The no-prior model, hard-linked file by file into a new folder and given the prior there,
+    is the prior model trained directly: same item file, same catalog diagnostics; the source
+    folder's bytes are unchanged (nothing written through a link)."""
+    import dataclasses
+    import hashlib
+    import os
+
+    from twotower_features.config import ModelConfig
+    from twotower_model import evaluate as tevaluate
+    from twotower_model import train as ttrain
+    from twotower_model.items import read_item_embeddings
+
+    from .tiny_features import SMALL
+
+    root, _, out = with_and_without_prior
+    src, (dir1, _, res1) = out["none"][0], out["log_count"]
+
+    def digests(folder):
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = digests(src)
+    dst = tmp_path / "model"
+    for p in sorted(src.rglob("*")):
+        target = dst / p.relative_to(src)
+        if p.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(p, target)
+    cfg = ModelConfig(head="dot", epochs=2, retrieval_prior="log_count", prior_weight=0.7, **SMALL)
+    assert ttrain.set_retrieval_prior(dst, root, cfg) == {"kind": "log_count", "weight": 0.7}
+    assert digests(src) == before
+    ids, emb = read_item_embeddings(dst)
+    ids1, emb1 = read_item_embeddings(dir1)
+    assert list(ids) == list(ids1)
+    np.testing.assert_array_equal(emb, emb1)
+    res = tevaluate.evaluate(str(root), str(dst), str(tmp_path / "eval"), ks=(3, 10), coverage_ks=(1, 5))
+    for k in ("recall@3", "recall@10", "ndcg@3"):
+        assert res["diagnostics"]["model"][k] == res1["diagnostics"]["model"][k]
+    # and back to no prior: the query is the user vector again, the item file the towers' own
+    ttrain.set_retrieval_prior(dst, root, dataclasses.replace(cfg, retrieval_prior="none"))
+    np.testing.assert_array_equal(read_item_embeddings(dst)[1], read_item_embeddings(src)[1])
+    # a config that trains other towers is refused, naming the setting
+    with pytest.raises(ValueError, match="epochs"):
+        ttrain.set_retrieval_prior(dst, root, dataclasses.replace(cfg, epochs=3))
+
+
+def tf_signatures(path) -> set[str]:
+    import tensorflow as tf
+
+    return set(tf.saved_model.load(str(path)).signatures)

@@ -97,12 +97,23 @@ def test_hybrid_is_bce_plus_weighted_in_batch_softmax_by_hand():
     # weight 0 is the BCE task alone
     assert float(ttasks.HybridTask(item_counts=counts, softmax_weight=0.0)(features, outputs)) == pytest.approx(bce_loss, rel=1e-5)
 
+    # a separate retrieval head: the softmax term reads the retrieval pair (q, c here), the BCE
+    # still the score; the ranking pair is now other vectors, which the shared task would read
+    separate = dict(outputs) | {
+        ttasks.RETRIEVAL_QUERY: tf.constant(q), ttasks.RETRIEVAL_CANDIDATE: tf.constant(c),
+        ttasks.QUERY: tf.constant(-3.0 * q), ttasks.CANDIDATE: tf.constant(c[::-1].copy()),
+    }
+    sep_task = ttasks.HybridTask(item_counts=counts, softmax_weight=w_soft, separate_head=True)
+    assert float(sep_task(features, separate)) == pytest.approx(expected, rel=1e-5)
+    assert float(task(features, separate)) != pytest.approx(expected, rel=1e-3)
+
 
 def test_hybrid_config_round_trips():
-    task = ttasks.HybridTask(label="y", weight=None, item_key="iid", item_counts={"a": 2.0}, softmax_weight=1.5, name="task")
+    task = ttasks.HybridTask(label="y", weight=None, item_key="iid", item_counts={"a": 2.0}, softmax_weight=1.5, separate_head=True, name="task")
     again = ttasks.HybridTask.from_config(task.get_config())
     assert again.get_config() == task.get_config()
-    assert (again.softmax_weight, again.item_key, again.logq_correction) == (1.5, "iid", True)
+    assert (again.softmax_weight, again.item_key, again.logq_correction, again.separate_head) == (1.5, "iid", True, True)
+    assert (again.softmax.query_key, again.softmax.candidate_key) == (ttasks.RETRIEVAL_QUERY, ttasks.RETRIEVAL_CANDIDATE)
 
 
 @pytest.mark.parametrize("value", [-0.1, math.inf, math.nan])

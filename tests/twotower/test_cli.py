@@ -28,7 +28,7 @@ CATALOG_NAMES = sorted(p.stem for p in CATALOG.glob("*.toml"))
 # every command of `twotower --help`, written down: a new command fails test_commands_are_all_covered
 COMMANDS = (
     "generate", "features", "prepare", "embeddings", "examples", "tfrecords", "train", "evaluate",
-    "metrics", "demo", "experiment list", "experiment run", "report", "nightly", "backfill",
+    "metrics", "demo", "experiment list", "experiment run", "report", "nightly", "backfill", "sweep",
 )
 FEATURE_COMMANDS = ("features", "prepare", "embeddings", "examples", "tfrecords")
 DATE = "2026-07-05"
@@ -309,6 +309,36 @@ def test_evaluate_features_folder_without_spec(tmp_path):
     (tmp_path / "model").mkdir()
     result = invoke("evaluate", "--features", tmp_path / "features", "--model", tmp_path / "model", "--out", tmp_path / "eval")
     assert_fails(result, 1, "feature_spec.json")
+
+
+def _sweep(tmp_path, grid_text: str | None = "[grid]\nloss = ['bce']\n", *extra):
+    grid = write(tmp_path / "grid.toml", grid_text) if grid_text is not None else tmp_path / "grid.toml"
+    return invoke("sweep", "--features", tmp_path / "features", "--grid", grid, "--out", tmp_path / "sweep", *extra)
+
+
+def test_sweep_features_folder_without_saved_config(tmp_path):
+    (tmp_path / "features").mkdir()
+    assert_fails(_sweep(tmp_path), 1, "resolved_config.json", str(tmp_path / "features"))
+
+
+def test_sweep_missing_grid_file(tmp_path):
+    (tmp_path / "features").mkdir()
+    assert_fails(_sweep(tmp_path, None, "--config", "demo"), 1, "grid file", str(tmp_path / "grid.toml"), "does not exist")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[grid]\nloss = ['bce', 'focal']\n", "model.loss"),
+    ("[grid]\nseed = [1]\n", "top-level 'seeds'"),
+    ("[[point]]\nbatch_size = 0\n", "model.batch_size"),
+])
+def test_sweep_bad_grid_names_the_key(tmp_path, text, fragment):
+    (tmp_path / "features").mkdir()
+    assert_fails(_sweep(tmp_path, text, "--config", "demo"), 1, str(tmp_path / "grid.toml"), fragment)
+
+
+def test_sweep_features_folder_without_spec(tmp_path):
+    (tmp_path / "features").mkdir()
+    assert_fails(_sweep(tmp_path, "[grid]\nloss = ['bce']\n", "--config", "demo"), 1, "feature_spec.json")
 
 
 def test_metrics_missing_predictions(tmp_path):

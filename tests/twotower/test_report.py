@@ -161,19 +161,26 @@ window.addEventListener('load', () => {
 </script>"""
 
 
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=10000"]
+
+
+def render_in_chromium(page: str, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """The DOM headless Chromium makes of ``page`` (self-contained: no http(s) link) and, per
+    image id, ``WIDTHxHEIGHT:complete`` as the browser decoded it."""
+    assert "http://" not in page and "https://" not in page  # self-contained
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=180).stdout
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, f"the page's load handler did not run; DOM starts {dom[:300]!r}"
+    return dom, dict(x.split(":", 1) for x in found.group(1).split(";"))
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package 'chromium'; `make system-deps` installs it)")
 def test_html_page_renders_in_headless_chromium(tmp_path):
     root = _full_root(tmp_path)
     paths = R.write_report(root, tmp_path / "out")
-    page = Path(paths["html"]).read_text()
-    assert "http://" not in page and "https://" not in page  # self-contained
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", PROBE + "</body>"))
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=10000"]
-    dom = subprocess.run(flags + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=180).stdout
-    found = re.search(r'data-probe="([^"]*)"', dom)
-    assert found, f"the page's load handler did not run; DOM starts {dom[:300]!r}"
-    images = dict(x.split(":", 1) for x in found.group(1).split(";"))
+    dom, images = render_in_chromium(Path(paths["html"]).read_text(), tmp_path)
     assert set(images) == {"plot-metrics", "plot-coverage", "plot-embeddings"}
     for name, info in images.items():
         w, rest = info.split("x", 1)
@@ -183,5 +190,5 @@ def test_html_page_renders_in_headless_chromium(tmp_path):
     assert re.findall(r"<tr><td class=\"text\">(exp\d\d_\w)</td>", table) == ["exp01_a", "exp02_b", "exp03_c"]
     assert "<td>0.6100</td>" in table  # exp02_b's AUC
     shot = tmp_path / "report.png"
-    subprocess.run(flags + ["--window-size=1400,2400", f"--screenshot={shot}", Path(paths["html"]).as_uri()], capture_output=True, timeout=180)
+    subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, "--window-size=1400,2400", f"--screenshot={shot}", Path(paths["html"]).as_uri()], capture_output=True, timeout=180)
     assert shot.is_file() and shot.stat().st_size > 10_000
