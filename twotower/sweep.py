@@ -428,7 +428,7 @@ def plot(summary: Mapping[str, Any]) -> str | None:
     if not pts:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [1, 1.4]})
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [1, 1.6]})
     cmap = plt.get_cmap("tab20")
     refs = summary["references"]
     keys = varying(summary)
@@ -460,22 +460,27 @@ def plot(summary: Mapping[str, Any]) -> str | None:
     axes[0].set_title("all runs, with the reference rows")
     axes[1].set_title("the points, zoomed (mean ± sd over seeds)")
     axes[0].legend(fontsize=8, loc="lower right")
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=", ".join(keys) or None, title_fontsize=7)
     fig.suptitle(f"sweep {summary['sweep']}: ranking (AUC) against retrieval (recall@10), model seeds {summary['seeds']}")
     fig.tight_layout()
+    # the points' settings below the panels (saved with bbox_inches="tight", so nothing is cut)
+    fig.legend(*axes[1].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=1 if len(pts) <= 12 else 2,
+               fontsize=8, title="points (" + (", ".join(keys) or "settings") + "); a diamond is on the Pareto front", title_fontsize=8)
     return figure_png(fig)
 
 
 def render_html(summary: Mapping[str, Any]) -> str:
     t = table(summary)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in t["header"])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in t["rows"])
+    def cell(i: int, c: str) -> str:
+        return f'<td class="text">{html.escape(c)}</td>' if i == 1 else f'<td class="num">{html.escape(c)}</td>'
+
+    body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for r in t["rows"])
     png = plot(summary)
     img = (f'<img id="plot-sweep" alt="AUC against recall@10" src="data:image/png;base64,{png}">' if png
            else '<p class="note" id="plot-sweep-missing">Not available: no run has both AUC and recall@10.</p>')
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>twotower sweep {html.escape(summary['sweep'])}</title>",
-        f"<style>{CSS}</style></head><body>", f"<h1>Sweep {html.escape(summary['sweep'])}</h1>",
+        f"<style>{CSS} td.num{{white-space:nowrap}}</style></head><body>", f"<h1>Sweep {html.escape(summary['sweep'])}</h1>",
         f"<p>{len(summary['points'])} points, model seeds {html.escape(str(summary['seeds']))}; mean ± sample sd; "
         "* marks the Pareto front of (AUC, recall@10); recalls are full-catalog.</p>",
         f'<table id="sweep"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>',

@@ -340,6 +340,9 @@ class ModelConfig:
     # the catalog then uses it, the impressions keep the ranking head (no effect on other losses)
     softmax_head: str = "shared"
     softmax_temperature: float = 0.05
+    # loss = "softmax" | "hybrid": items drawn uniformly from the catalog each step join the
+    # in-batch candidates of the softmax term (mixed negative sampling, Yang et al., WWW 2020)
+    sampled_negatives: int = 0
     # full-catalog retrieval adds prior_weight * log(1 + train count) of the item to the score
     retrieval_prior: str = "none"
     prior_weight: float = 1.0
@@ -358,16 +361,19 @@ class ModelConfig:
         _check(_num(self.hybrid_weight) and self.hybrid_weight >= 0, "model.hybrid_weight", "a finite number >= 0", self.hybrid_weight)
         _check(self.softmax_head in SOFTMAX_HEADS, "model.softmax_head", f"one of {SOFTMAX_HEADS}", self.softmax_head)
         _check(_num(self.softmax_temperature) and self.softmax_temperature > 0, "model.softmax_temperature", "a finite number > 0", self.softmax_temperature)
+        _check(_int(self.sampled_negatives) and self.sampled_negatives >= 0, "model.sampled_negatives", "an integer >= 0", self.sampled_negatives)
         _check(self.retrieval_prior in RETRIEVAL_PRIORS, "model.retrieval_prior", f"one of {RETRIEVAL_PRIORS}", self.retrieval_prior)
         _check(_num(self.prior_weight) and self.prior_weight >= 0, "model.prior_weight", "a finite number >= 0", self.prior_weight)
 
     def ineffective(self) -> set[str]:
         """The settings that change nothing here: ``hybrid_weight`` and ``softmax_head`` unless
-        the loss is hybrid, ``softmax_temperature`` without a separate softmax head,
-        ``prior_weight`` without a retrieval prior."""
+        the loss is hybrid, ``sampled_negatives`` with the BCE loss, ``softmax_temperature``
+        without a separate softmax head, ``prior_weight`` without a retrieval prior."""
         out = set()
         if self.loss != "hybrid":
             out |= {"hybrid_weight", "softmax_head"}
+        if self.loss == "bce":
+            out.add("sampled_negatives")
         if self.loss != "hybrid" or self.softmax_head != "separate":
             out.add("softmax_temperature")
         if self.retrieval_prior == "none":

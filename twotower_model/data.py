@@ -7,7 +7,7 @@ list the shards, interleave the files, shuffle records, batch *before* parsing (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import tensorflow as tf
 
@@ -130,3 +130,35 @@ def count_records(feat_dir: str | Path, split: str, spec: FeatureSpec) -> int:
     files = split_files(feat_dir, split, spec)
     ds = tf.data.TFRecordDataset(files).batch(4096).map(lambda b: tf.shape(b, out_type=tf.int64)[0])
     return int(ds.reduce(tf.constant(0, tf.int64), lambda acc, n: acc + n).numpy())
+
+
+# the batch keys of the catalog items sampled as extra softmax negatives: NEGATIVE + column name
+NEGATIVE = "negative__"
+
+
+def read_split(feat_dir: str | Path, split: str, spec: FeatureSpec, columns: Iterable[str]) -> dict[str, tf.Tensor]:
+    """Every record of ``split`` in record order, as one tensor per column (for the catalog: a
+    table small enough to hold, items x item features)."""
+    parts: dict[str, list[tf.Tensor]] = {c: [] for c in columns}
+    for batch in make_dataset(feat_dir, split, spec, batch_size=65_536, shuffle=False, seed=0, columns=list(parts)):
+        for c in parts:
+            parts[c].append(batch[c])
+    if not parts or not next(iter(parts.values())):
+        raise ValueError(f"split {split!r} in {str(feat_dir)!r} has no records")
+    return {c: tf.concat(v, axis=0) for c, v in parts.items()}
+
+
+def with_sampled_negatives(ds: tf.data.Dataset, catalog: Mapping[str, tf.Tensor], count: int, seed: int) -> tf.data.Dataset:
+    """``ds``'s batches, each with ``count`` catalog rows drawn uniformly with replacement
+    (``NEGATIVE + column`` keys). The draws are a function of ``seed`` and the batch's position
+    only (``Dataset.random`` zipped in): the same every epoch and every run."""
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an integer >= 1, got {count!r}")
+    n = int(next(iter(catalog.values())).shape[0])
+    table = {k: tf.convert_to_tensor(v) for k, v in catalog.items()}
+
+    def add(batch, draw):
+        idx = tf.random.stateless_uniform([count], seed=tf.stack([draw, tf.constant(seed, tf.int64)]), maxval=n, dtype=tf.int64)
+        return {**batch, **{NEGATIVE + k: tf.gather(t, idx) for k, t in table.items()}}
+
+    return tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed))).map(add, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

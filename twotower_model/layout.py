@@ -20,7 +20,10 @@ A model folder holds:
   manifest's ``config_hash``, ``data_hash``, ``created_at``, the feature spec's version and
   sha256, its path); each exported tower carries the same JSON as its string variable
   ``provenance``, so a loader of the towers alone can check it;
-- ``train_report.json``: examples, examples/s, epochs, losses, wall time, optimiser.
+- ``train_report.json``: examples, examples/s, epochs, losses, wall time, optimiser;
+- ``checkpoint/``, only while ``train`` runs or after it was killed: the last finished epoch's
+  weights and optimizer state (Keras ``BackupAndRestore``) and ``training.json``, the settings
+  and features they belong to; rerunning the same command resumes from it.
 
 An evaluation folder holds ``predictions.parquet`` (``predict`` of the validation split) and
 ``metrics.json`` (see ``evaluate.py``).
@@ -35,6 +38,9 @@ ITEM_EMBEDDINGS_FILE = "item_embeddings.parquet"
 CONFIG_FILE = "resolved_model_config.json"
 REPORT_FILE = "train_report.json"
 PROVENANCE_FILE = "provenance.json"
+# while train runs: the last epoch's weights and optimizer state (removed when training ends)
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_IDENTITY = "training.json"  # in CHECKPOINT_DIR: the settings and features it belongs to
 # the exported towers' attribute (a string tf.Variable) holding the provenance as JSON
 TOWER_PROVENANCE = "provenance"
 # the exported towers' output key, and the vector column of item_embeddings.parquet

@@ -31,10 +31,11 @@ from keras import ops
 from twotower_features.config import HEADS, ModelConfig
 from twotower_features.spec import FeatureSpec
 
-from .data import item_id_column
+from .data import NEGATIVE, item_id_column
 from .metrics import SCORE
 from .tasks import (
     CANDIDATE,
+    NEGATIVE_CANDIDATE,
     QUERY,
     RETRIEVAL_CANDIDATE,
     RETRIEVAL_QUERY,
@@ -169,6 +170,10 @@ class TwoTowerModel(keras.Model):
         if self.retrieval_head is not None:
             out[RETRIEVAL_QUERY] = self.retrieval_head.query(u, training=training)
             out[RETRIEVAL_CANDIDATE] = self.retrieval_head.candidate(v, training=training)
+        names = self.item_tower.feature_names
+        if names and all(NEGATIVE + n in features for n in names):  # a training batch with sampled negatives
+            neg = self.item_tower({n: features[NEGATIVE + n] for n in names}, training=training)
+            out[NEGATIVE_CANDIDATE] = self.retrieval.candidate(neg, training=training)
         return out
 
     @property
@@ -203,8 +208,11 @@ class TwoTowerModel(keras.Model):
         return cls(name=config.get("name"), **kwargs)
 
 
-def build_model(spec: FeatureSpec, feat_dir: str | Path, cfg: ModelConfig, *, item_counts: Mapping[str, float] | None = None) -> TwoTowerModel:
-    """Both towers from the feature spec, the head and the task of ``cfg``."""
+def build_model(
+    spec: FeatureSpec, feat_dir: str | Path, cfg: ModelConfig, *, item_counts: Mapping[str, float] | None = None, catalog_size: int = 0
+) -> TwoTowerModel:
+    """Both towers from the feature spec, the head and the task of ``cfg`` (``catalog_size``:
+    the catalog's item count, which ``cfg.sampled_negatives`` needs)."""
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
     dims = dict(embedding_dim=cfg.embedding_dim, hidden_units=cfg.hidden_units, output_dim=cfg.output_dim)
@@ -214,11 +222,15 @@ def build_model(spec: FeatureSpec, feat_dir: str | Path, cfg: ModelConfig, *, it
     if cfg.loss == "bce":
         task: keras.layers.Layer = BinaryTask(label=spec.label, weight=spec.weight, name="task")
     elif cfg.loss == "softmax":
-        task = InBatchSoftmaxTask(label=spec.label, weight=spec.weight, item_key=item_id_column(spec), item_counts=item_counts, name="task")
+        task = InBatchSoftmaxTask(
+            label=spec.label, weight=spec.weight, item_key=item_id_column(spec), item_counts=item_counts,
+            sampled_negatives=cfg.sampled_negatives, catalog_size=catalog_size, name="task",
+        )
     else:
         task = HybridTask(
             label=spec.label, weight=spec.weight, item_key=item_id_column(spec), item_counts=item_counts,
-            softmax_weight=cfg.hybrid_weight, separate_head=cfg.softmax_head == "separate", name="task",
+            softmax_weight=cfg.hybrid_weight, separate_head=cfg.softmax_head == "separate",
+            sampled_negatives=cfg.sampled_negatives, catalog_size=catalog_size, name="task",
         )
     retrieval = None
     if cfg.loss == "hybrid" and cfg.softmax_head == "separate":

@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from .data import NEGATIVE
 from .metrics import SCORE
 
 # the model's outputs besides SCORE (see model.py); the retrieval pair only with a retrieval head
@@ -29,6 +30,8 @@ QUERY = "query"
 CANDIDATE = "candidate"
 RETRIEVAL_QUERY = "retrieval_query"
 RETRIEVAL_CANDIDATE = "retrieval_candidate"
+# the candidate vectors of the catalog items sampled as extra negatives (training batches only)
+NEGATIVE_CANDIDATE = "negative_candidate"
 
 
 @keras.saving.register_keras_serializable(package="twotower")
@@ -62,6 +65,13 @@ class InBatchSoftmaxTask(keras.layers.Layer):
     as the query's positive ("accidental hits") are masked out. Per-query losses are averaged
     with the queries' sample weights. A batch without a positive has loss 0. ``query_key`` and
     ``candidate_key`` name the outputs it scores.
+
+    Mixed negative sampling (Yang et al., WWW 2020): with ``sampled_negatives`` = M > 0 and a
+    batch that carries them (the ``NEGATIVE_CANDIDATE`` output, ids in ``data.NEGATIVE`` +
+    ``item_key``), M items drawn uniformly from a catalog of ``catalog_size`` = N items join
+    every query's candidates. Each candidate's logit is then corrected by the log of its
+    expected count in the pooled sample, ``log(B q_item + M / N)`` (B the batch size), and a
+    sampled item equal to the query's positive is masked like an in-batch accidental hit.
     """
 
     def __init__(
@@ -73,6 +83,8 @@ class InBatchSoftmaxTask(keras.layers.Layer):
         remove_accidental_hits: bool = True,
         query_key: str = QUERY,
         candidate_key: str = CANDIDATE,
+        sampled_negatives: int = 0,
+        catalog_size: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -80,6 +92,9 @@ class InBatchSoftmaxTask(keras.layers.Layer):
         self.weight = weight
         self.item_key = item_key
         self.query_key, self.candidate_key = query_key, candidate_key
+        self.sampled_negatives, self.catalog_size = int(sampled_negatives), int(catalog_size)
+        if self.sampled_negatives < 0 or (self.sampled_negatives and self.catalog_size < 1):
+            raise ValueError(f"sampled_negatives must be >= 0 and needs catalog_size >= 1, got {sampled_negatives!r}, {catalog_size!r}")
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.item_counts = {str(k): float(v) for k, v in (item_counts or {}).items()}
         bad = [k for k, v in self.item_counts.items() if not (v >= 0 and math.isfinite(v))]
@@ -104,14 +119,28 @@ class InBatchSoftmaxTask(keras.layers.Layer):
         labels = ops.cast(ops.reshape(features[self.label], (-1,)), query.dtype)
         positive = labels > 0
         logits = ops.matmul(query, ops.transpose(candidate))  # [queries=batch, candidates=batch]
-        if self._log_q is not None:
-            logits = logits - self._log_q.lookup(item_ids)[None, :]
         n = ops.shape(logits)[0]
         eye = ops.eye(n, dtype="bool")
+        targets = ops.cast(eye, logits.dtype)
+        sampled = self.sampled_negatives > 0 and NEGATIVE_CANDIDATE in outputs
+        if sampled:
+            neg_ids = ops.reshape(features[NEGATIVE + self.item_key], (-1,))
+            neg_logits = ops.matmul(query, ops.transpose(outputs[NEGATIVE_CANDIDATE]))  # [batch, M]
+        if self._log_q is not None and sampled:
+            batch, share = ops.cast(n, logits.dtype), self.sampled_negatives / self.catalog_size
+            logits = logits - ops.log(batch * ops.exp(self._log_q.lookup(item_ids)) + share)[None, :]
+            neg_logits = neg_logits - ops.log(batch * ops.exp(self._log_q.lookup(neg_ids)) + share)[None, :]
+        elif self._log_q is not None:
+            logits = logits - self._log_q.lookup(item_ids)[None, :]
         if self.remove_accidental_hits:
             same = ops.equal(item_ids[:, None], item_ids[None, :])
             logits = ops.where(ops.logical_and(same, ops.logical_not(eye)), -1e9, logits)
-        per_row = tf.nn.softmax_cross_entropy_with_logits(labels=ops.cast(eye, logits.dtype), logits=logits)
+            if sampled:
+                neg_logits = ops.where(ops.equal(item_ids[:, None], neg_ids[None, :]), -1e9, neg_logits)
+        if sampled:
+            logits = ops.concatenate([logits, neg_logits], axis=1)
+            targets = ops.concatenate([targets, ops.zeros_like(neg_logits)], axis=1)
+        per_row = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
         w = _weights(features, self.weight, labels) * ops.cast(positive, logits.dtype)
         return tf.math.divide_no_nan(ops.sum(per_row * w), ops.sum(w))
 
@@ -125,6 +154,8 @@ class InBatchSoftmaxTask(keras.layers.Layer):
             "remove_accidental_hits": self.remove_accidental_hits,
             "query_key": self.query_key,
             "candidate_key": self.candidate_key,
+            "sampled_negatives": self.sampled_negatives,
+            "catalog_size": self.catalog_size,
         }
 
 
@@ -144,6 +175,8 @@ class HybridTask(keras.layers.Layer):
         remove_accidental_hits: bool = True,
         softmax_weight: float = 0.3,
         separate_head: bool = False,
+        sampled_negatives: int = 0,
+        catalog_size: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -156,7 +189,8 @@ class HybridTask(keras.layers.Layer):
         self.binary = BinaryTask(label=label, weight=weight, name="binary")
         self.softmax = InBatchSoftmaxTask(
             label=label, weight=weight, item_key=item_key, item_counts=item_counts,
-            remove_accidental_hits=remove_accidental_hits, query_key=keys[0], candidate_key=keys[1], name="softmax",
+            remove_accidental_hits=remove_accidental_hits, query_key=keys[0], candidate_key=keys[1],
+            sampled_negatives=sampled_negatives, catalog_size=catalog_size, name="softmax",
         )
 
     def build(self, *args: Any, **kwargs: Any) -> None:
@@ -186,6 +220,8 @@ class HybridTask(keras.layers.Layer):
             "remove_accidental_hits": sm.remove_accidental_hits,
             "softmax_weight": self.softmax_weight,
             "separate_head": self.separate_head,
+            "sampled_negatives": sm.sampled_negatives,
+            "catalog_size": sm.catalog_size,
         }
 
 

@@ -7,6 +7,8 @@ the resolved ``ModelConfig``, the training report and the provenance of the feat
 (``provenance.py``): ``layout.py`` lists the folder's files. Both refuse a features folder whose
 TFRecord files differ from its manifest (``provenance.check_split_files``) before training.
 ``set_retrieval_prior`` gives a trained model folder another retrieval prior without retraining.
+``train`` checkpoints every epoch under ``layout.CHECKPOINT_DIR``: the same command, rerun after
+the trainer was killed, continues after the last finished epoch.
 """
 from __future__ import annotations
 
@@ -24,10 +26,23 @@ from twotower_features.io import write_json_atomic
 from twotower_features.spec import FeatureSpec
 
 from . import export
-from .data import CATALOG, SPLITS_KEY, make_dataset
+from .data import (
+    CATALOG,
+    SPLITS_KEY,
+    item_id_column,
+    make_dataset,
+    read_split,
+    with_sampled_negatives,
+)
 from .export import save_model
 from .items import read_item_counts
-from .layout import CONFIG_FILE, ITEM_EMBEDDINGS_FILE, REPORT_FILE
+from .layout import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_IDENTITY,
+    CONFIG_FILE,
+    ITEM_EMBEDDINGS_FILE,
+    REPORT_FILE,
+)
 from .model import TwoTowerModel, build_model
 from .optimizer import make_optimizer
 from .predict import write_item_embeddings
@@ -49,11 +64,18 @@ def fit_model(
     *,
     progress: Callable[[str], Any] = print,
     optimizer: str = "lazy_adam",
+    checkpoint_dir: str | Path | None = None,
 ) -> tuple[TwoTowerModel, dict[str, Any]]:
     """Build the model from the feature spec and train it on the ``train`` split for
     ``model_cfg.epochs`` epochs; returns the model and the training report (nothing is saved).
     First checks the files of the splits it reads (train, and validation when the spec has one)
     against the manifest (``provenance.check_split_files``), whose record counts it then uses.
+
+    With ``checkpoint_dir`` the weights and optimizer state are saved there after every epoch
+    (Keras ``BackupAndRestore``, the previous epoch kept beside it against a kill mid-write),
+    a run finding a checkpoint of the same training (``ModelConfig.training_dict`` and the
+    features' provenance) continues after its last epoch, and the folder is removed once
+    training ends. A checkpoint of other settings is discarded, with a message.
 
     Deterministic given ``model_cfg.seed`` on CPU: the seed fixes the initial weights, the
     file and record shuffles, and the interleave order. ``optimizer``: see ``make_optimizer``.
@@ -72,7 +94,12 @@ def fit_model(
     item_counts = None if counts is None else counts.to_dict()
     if in_batch and item_counts is None:
         progress(f"{model_cfg.loss} loss without extras['item_frequency_file']: no logQ correction")
-    model = build_model(spec, feat_dir, model_cfg, item_counts=item_counts)
+    catalog = None
+    if in_batch and model_cfg.sampled_negatives:
+        check_split_files(feat_dir, [CATALOG], spec)
+        catalog = read_split(feat_dir, CATALOG, spec, dict.fromkeys([item_id_column(spec), *(c.name for c in spec.tower_columns("item"))]))
+    catalog_size = 0 if catalog is None else int(next(iter(catalog.values())).shape[0])
+    model = build_model(spec, feat_dir, model_cfg, item_counts=item_counts, catalog_size=catalog_size)
     model.compile(optimizer=make_optimizer(model_cfg.learning_rate, optimizer), steps_per_execution=STEPS_PER_EXECUTION)
 
     n_train = records["train"]
@@ -82,19 +109,26 @@ def fit_model(
     train_ds = make_dataset(
         feat_dir, "train", spec, batch_size=model_cfg.batch_size, shuffle=True, seed=model_cfg.seed,
         columns=columns, deterministic=True,
-    ).apply(tf.data.experimental.assert_cardinality(-(-n_train // model_cfg.batch_size)))
-    timer = _Throughput()
-    history = model.fit(
-        train_ds, epochs=model_cfg.epochs, verbose=0, shuffle=False, callbacks=[timer, _EpochProgress(progress, model_cfg.epochs)]
     )
-    losses = [float(x) for x in history.history["loss"]]
-    timed_examples = n_train * model_cfg.epochs - min(timer.warm_batches * model_cfg.batch_size, n_train)
+    if catalog is not None:  # mixed negative sampling: uniform catalog items join each batch
+        train_ds = with_sampled_negatives(train_ds, catalog, model_cfg.sampled_negatives, model_cfg.seed)
+    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(-(-n_train // model_cfg.batch_size)))
+    timer = _Throughput()
+    callbacks: list[keras.callbacks.Callback] = [timer, _EpochProgress(progress, model_cfg.epochs)]
+    resumed = 0
+    if checkpoint_dir is not None:
+        resumed = _prepare_checkpoint(Path(checkpoint_dir), model_cfg, feat_dir, progress)
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(str(checkpoint_dir), save_freq="epoch", double_checkpoint=True))
+    history = model.fit(train_ds, epochs=model_cfg.epochs, verbose=0, shuffle=False, callbacks=callbacks)
+    losses = [float(x) for x in history.history.get("loss", [])]
+    epochs_run = model_cfg.epochs - resumed
+    timed_examples = n_train * epochs_run - min(timer.warm_batches * model_cfg.batch_size, n_train)
     includes_warmup = timed_examples <= 0 or timer.seconds <= 0  # the whole run was one call
     if includes_warmup:
-        examples_per_s = n_train * model_cfg.epochs / max(timer.total_seconds, 1e-9)
+        examples_per_s = n_train * epochs_run / max(timer.total_seconds, 1e-9)
     else:
         examples_per_s = timed_examples / timer.seconds
-    progress(f"trained {n_train * model_cfg.epochs} examples in {timer.total_seconds:.1f} s: {examples_per_s:,.0f} examples/s")
+    progress(f"trained {n_train * epochs_run} examples in {timer.total_seconds:.1f} s: {examples_per_s:,.0f} examples/s")
 
     validation_loss = None
     if has_validation:
@@ -105,20 +139,22 @@ def fit_model(
         validation_loss = float(model.evaluate(val_ds, verbose=0, return_dict=True)["loss"])
 
     report = {
-        "examples": n_train * model_cfg.epochs,
+        "examples": n_train * epochs_run,
         "train_records": n_train,
         "epochs": model_cfg.epochs,
+        "resumed_from_epoch": resumed,
         "batch_size": model_cfg.batch_size,
         "examples_per_second": examples_per_s,
         "examples_per_second_includes_warmup": includes_warmup,
         "train_loop_seconds": timer.total_seconds,
         "loss_per_epoch": losses,
-        "final_loss": losses[-1],
+        "final_loss": losses[-1] if losses else None,
         "validation_loss": validation_loss,
         "head": model_cfg.head,
         "loss": model_cfg.loss,
         "hybrid_weight": model_cfg.hybrid_weight if model_cfg.loss == "hybrid" else None,
         "softmax_head": model_cfg.softmax_head if model_cfg.loss == "hybrid" else None,
+        "sampled_negatives": model_cfg.sampled_negatives if catalog is not None else 0,
         "logq_correction": isinstance(model.task, IN_BATCH_TASKS) and model.task.logq_correction,
         "optimizer": optimizer,
         "fit_seconds": time.perf_counter() - started,
@@ -139,8 +175,8 @@ def train(
     started = time.perf_counter()
     provenance = features_provenance(feat_dir)
     check_split_files(feat_dir, [CATALOG])
-    model, report = fit_model(feat_dir, model_cfg, progress=progress)
     model_dir = Path(model_dir)
+    model, report = fit_model(feat_dir, model_cfg, progress=progress, checkpoint_dir=model_dir / CHECKPOINT_DIR)
     model_dir.mkdir(parents=True, exist_ok=True)
     save_model(model, model_dir, provenance=provenance, prior=RetrievalPrior.of(model_cfg))
     write_model_provenance(model_dir, provenance)
@@ -152,6 +188,30 @@ def train(
     write_json_atomic(model_dir / REPORT_FILE, report)
     progress(f"saved model to {str(model_dir)!r}")
     return report
+
+
+def _prepare_checkpoint(folder: Path, cfg: ModelConfig, feat_dir: Path, progress: Callable[[str], Any]) -> int:
+    """The epoch a checkpoint in ``folder`` lets training resume after (0: none, or one of other
+    settings, then removed); stamps ``folder`` with this training's identity."""
+    import shutil
+
+    identity = {"training": cfg.training_dict(), "features": features_provenance(feat_dir)}
+    stamp, meta = folder / CHECKPOINT_IDENTITY, folder / "training_metadata.json"
+    if folder.is_dir():
+        try:
+            same = json.loads(stamp.read_text()) == json.loads(json.dumps(identity))
+            epoch = int(json.loads(meta.read_text())["epoch"]) if meta.is_file() else 0
+        except (OSError, ValueError, KeyError, TypeError):
+            same, epoch = False, 0
+        if not same:
+            progress(f"discarding the checkpoint in {str(folder)!r}: it belongs to other [model] settings or features")
+            shutil.rmtree(folder)
+        elif epoch:
+            progress(f"resuming after epoch {epoch}/{cfg.epochs} from the checkpoint in {str(folder)!r}")
+            return min(epoch, cfg.epochs)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stamp, identity)
+    return 0
 
 
 def set_retrieval_prior(model_dir: str | Path, feat_dir: str | Path, model_cfg: ModelConfig) -> dict[str, Any]:

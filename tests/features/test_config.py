@@ -88,6 +88,7 @@ DEFAULTS = {
         "hybrid_weight": 0.3,
         "softmax_head": "shared",
         "softmax_temperature": 0.05,
+        "sampled_negatives": 0,
         "retrieval_prior": "none",
         "prior_weight": 1.0,
     },
@@ -669,11 +670,16 @@ def test_model_softmax_temperature_must_be_a_finite_number_above_zero(value):
     refused({"model": {"softmax_temperature": value}}, "model.softmax_temperature", f"a finite number > 0, got {value!r}")
 
 
+@pytest.mark.parametrize("value", [-1, 1.5, True, "8", None])
+def test_model_sampled_negatives_must_be_an_integer_at_least_zero(value):
+    refused({"model": {"sampled_negatives": value}}, "model.sampled_negatives", f"an integer >= 0, got {value!r}")
+
+
 def test_settings_without_effect_are_ineffective_and_canonical_resets_them():
     from twotower_features.config import ModelConfig
 
-    bce = ModelConfig(loss="bce", hybrid_weight=0.9, softmax_head="separate", softmax_temperature=0.2, prior_weight=3.0)
-    assert bce.ineffective() == {"hybrid_weight", "softmax_head", "softmax_temperature", "prior_weight"}
+    bce = ModelConfig(loss="bce", hybrid_weight=0.9, softmax_head="separate", softmax_temperature=0.2, prior_weight=3.0, sampled_negatives=8)
+    assert bce.ineffective() == {"hybrid_weight", "softmax_head", "softmax_temperature", "prior_weight", "sampled_negatives"}
     assert bce.canonical() == ModelConfig(loss="bce")
     shared = ModelConfig(loss="hybrid", hybrid_weight=0.9, softmax_temperature=0.2, retrieval_prior="log_count", prior_weight=3.0)
     assert shared.ineffective() == {"softmax_temperature"}

@@ -70,3 +70,29 @@ def test_asking_catalog_for_a_label_is_named(feat):
     root, _ = feat
     with pytest.raises(ValueError, match=r"'catalog' records do not hold column\(s\) \['label'\]"):
         tdata.make_dataset(root, "catalog", FeatureSpec.load(root), batch_size=8, shuffle=False, seed=0, columns=["item_id", "label"])
+
+
+def test_sampled_negatives_are_catalog_rows_drawn_by_seed_and_position(feat):
+    """Each batch gains M catalog rows (ids and item features of the same rows), the same draws
+    for the same seed in every pass, other draws for another seed."""
+    from twotower_model.data import NEGATIVE, read_split, with_sampled_negatives
+
+    root, written = feat
+    spec = FeatureSpec.load(root)
+    catalog = read_split(root, "catalog", spec, ["item_id", "item_emb"])
+    assert [x.decode() for x in catalog["item_id"].numpy()] == list(written["catalog"]["item_id"])
+    base = tdata.make_dataset(root, "train", spec, batch_size=64, shuffle=False, seed=0, columns=["item_id", "label"])
+    ds = with_sampled_negatives(base, catalog, 5, seed=11)
+    by_id = {i: v for i, v in zip(written["catalog"]["item_id"], written["catalog"]["item_emb"])}
+    first = [b[NEGATIVE + "item_id"].numpy() for b in ds]
+    again = [b[NEGATIVE + "item_id"].numpy() for b in ds]
+    other = [b[NEGATIVE + "item_id"].numpy() for b in with_sampled_negatives(base, catalog, 5, seed=12)]
+    assert all((a == b).all() for a, b in zip(first, again))
+    assert any((a != b).any() for a, b in zip(first, other))
+    for b in ds.take(3):
+        ids = [x.decode() for x in b[NEGATIVE + "item_id"].numpy()]
+        assert len(ids) == 5 and set(ids) <= set(by_id)
+        np.testing.assert_array_equal(b[NEGATIVE + "item_emb"].numpy(), np.stack([by_id[i] for i in ids]))
+        assert b["label"].shape[0] <= 64  # the batch itself unchanged
+    drawn = np.concatenate(first)
+    assert len(set(drawn)) > len(by_id) // 2  # spread over the catalog, not one item

@@ -1,6 +1,7 @@
 """The exported towers (``export.py``) against the model they were exported from."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -131,3 +132,23 @@ def test_separate_retrieval_head_vectors_by_numpy_and_every_export_agrees(feat, 
     np.testing.assert_allclose(emb[:, :-1], cat, atol=1e-5)
     counts = read_item_counts(root, spec)
     np.testing.assert_allclose(emb[:, -1], [0.5 * np.log1p(counts.get(i, 0.0)) for i in ids], rtol=1e-5)
+
+
+def test_a_model_trained_with_sampled_negatives_saves_and_reloads(feat, tmp_path):
+    """Mixed negative sampling only changes training: the exported towers and the reloaded
+    Keras file score like the model in memory, which scores without negatives."""
+    from twotower_features.config import ModelConfig
+    from twotower_model.export import load_model
+    from twotower_model.train import train
+
+    from .tiny_features import ITEMS, SMALL
+
+    root, _ = feat
+    cfg = ModelConfig(head="cosine", loss="hybrid", softmax_head="separate", sampled_negatives=16, epochs=2, **SMALL)
+    report = train(root, tmp_path, cfg, progress=lambda s: None)
+    assert report["sampled_negatives"] == 16 and all(math.isfinite(x) for x in report["loss_per_epoch"])
+    loaded = load_model(tmp_path)
+    assert loaded.task.softmax.sampled_negatives == 16 and loaded.task.softmax.catalog_size == len(ITEMS)
+    exported = tpredict.predict(tmp_path, root, "validation")
+    reloaded = tpredict.predict(loaded, root, "validation")
+    np.testing.assert_allclose(reloaded["score"], exported["score"], atol=1e-5, rtol=1e-5)

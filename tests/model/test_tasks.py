@@ -120,3 +120,43 @@ def test_hybrid_config_round_trips():
 def test_hybrid_weight_must_be_finite_at_least_zero(value):
     with pytest.raises(ValueError, match="softmax_weight must be a finite number >= 0"):
         ttasks.HybridTask(softmax_weight=value)
+
+
+def test_in_batch_softmax_with_sampled_negatives_by_hand():
+    """Mixed negative sampling: 3 rows (rows 0 and 2 positives) and 2 catalog items sampled
+    (one of them is row 0's positive item "a": masked for row 0 only). Every logit is corrected
+    by log(B q + M / N) with B = 3, M = 2, N = 10; items' shares q from the counts."""
+    from twotower_model.data import NEGATIVE
+
+    q = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], np.float32)
+    c = np.array([[1.0, 1.0], [2.0, 0.0], [0.0, -1.0]], np.float32)
+    neg = np.array([[0.5, -0.5], [1.0, 2.0]], np.float32)
+    items, neg_items = np.array(["a", "b", "c"]), np.array(["a", "d"])
+    labels = np.array([1.0, 0.0, 1.0], np.float32)
+    weights = np.array([2.0, 1.0, 1.0], np.float32)
+    counts = {"a": 5.0, "b": 3.0, "c": 2.0}  # total 10; "d" uncounted -> count 1 -> q = 1/10
+    share = {"a": 0.5, "b": 0.3, "c": 0.2, "d": 0.1}
+    corr = {k: math.log(3 * v + 2 / 10) for k, v in share.items()}
+    num = den = 0.0
+    for i in (0, 2):
+        row = [float(q[i] @ c[j]) - corr[items[j]] for j in range(3)]  # no in-batch repeats
+        for k in range(2):
+            row.append(-1e9 if neg_items[k] == items[i] else float(q[i] @ neg[k]) - corr[neg_items[k]])
+        row = np.array(row)
+        ce = -(row[i] - np.log(np.exp(row - row.max()).sum()) - row.max())
+        num += weights[i] * ce
+        den += weights[i]
+    task = ttasks.InBatchSoftmaxTask(item_counts=counts, sampled_negatives=2, catalog_size=10)
+    features = {"label": labels, "weight": weights, "item_id": tf.constant(items), NEGATIVE + "item_id": tf.constant(neg_items)}
+    outputs = {ttasks.QUERY: tf.constant(q), ttasks.CANDIDATE: tf.constant(c), ttasks.NEGATIVE_CANDIDATE: tf.constant(neg)}
+    assert float(task(features, outputs)) == pytest.approx(num / den, rel=1e-5)
+    # a batch without sampled negatives (as in evaluation) is the plain in-batch softmax
+    plain = {k: v for k, v in outputs.items() if k != ttasks.NEGATIVE_CANDIDATE}
+    assert float(task(features, plain)) == pytest.approx(float(ttasks.InBatchSoftmaxTask(item_counts=counts)(features, plain)), rel=1e-6)
+
+
+def test_sampled_negatives_need_a_catalog_size():
+    with pytest.raises(ValueError, match="needs catalog_size"):
+        ttasks.InBatchSoftmaxTask(sampled_negatives=4)
+    again = ttasks.HybridTask.from_config(ttasks.HybridTask(sampled_negatives=4, catalog_size=9).get_config())
+    assert (again.softmax.sampled_negatives, again.softmax.catalog_size) == (4, 9)

@@ -201,5 +201,5 @@ def test_sweep_page_renders_in_headless_chromium(swept, tmp_path):
     assert list(images) == ["plot-sweep"]
     w, rest = images["plot-sweep"].split("x", 1)
     assert int(w) > 300 and int(rest.split(":")[0]) > 200 and rest.endswith(":true")
-    names = [n.removesuffix(" *") for n in re.findall(r"<tr><td>\d</td><td>([^<]+)</td>", dom)]
+    names = [n.removesuffix(" *") for n in re.findall(r'<tr><td class="num">\d</td><td class="text">([^<]+)</td>', dom)]
     assert names == ["retrieval_prior=none", "prior_weight=0.7,retrieval_prior=log_count"]
