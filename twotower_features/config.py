@@ -366,10 +366,10 @@ class ModelConfig:
         _check(_num(self.prior_weight) and self.prior_weight >= 0, "model.prior_weight", "a finite number >= 0", self.prior_weight)
 
     def ineffective(self) -> set[str]:
-        """The settings that change nothing here: ``hybrid_weight`` and ``softmax_head`` unless
-        the loss is hybrid, ``sampled_negatives`` with the BCE loss, ``softmax_temperature``
+        """The settings that change nothing here: ``temperature`` unless the head is cosine,
+        ``hybrid_weight`` and ``softmax_head`` unless the loss is hybrid, ``sampled_negatives`` with the BCE loss, ``softmax_temperature``
         without a separate softmax head, ``prior_weight`` without a retrieval prior."""
-        out = set()
+        out = set() if self.head == "cosine" else {"temperature"}
         if self.loss != "hybrid":
             out |= {"hybrid_weight", "softmax_head"}
         if self.loss == "bce":

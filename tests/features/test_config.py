@@ -679,15 +679,17 @@ def test_settings_without_effect_are_ineffective_and_canonical_resets_them():
     from twotower_features.config import ModelConfig
 
     bce = ModelConfig(loss="bce", hybrid_weight=0.9, softmax_head="separate", softmax_temperature=0.2, prior_weight=3.0, sampled_negatives=8)
-    assert bce.ineffective() == {"hybrid_weight", "softmax_head", "softmax_temperature", "prior_weight", "sampled_negatives"}
+    assert bce.ineffective() == {"temperature", "hybrid_weight", "softmax_head", "softmax_temperature", "prior_weight", "sampled_negatives"}
     assert bce.canonical() == ModelConfig(loss="bce")
-    shared = ModelConfig(loss="hybrid", hybrid_weight=0.9, softmax_temperature=0.2, retrieval_prior="log_count", prior_weight=3.0)
+    assert ModelConfig(head="dot", temperature=0.3).canonical() == ModelConfig(head="dot")  # a dot head has no temperature
+    assert ModelConfig(head="cosine", temperature=0.3).canonical() != ModelConfig(head="cosine")
+    shared = ModelConfig(head="cosine", loss="hybrid", hybrid_weight=0.9, softmax_temperature=0.2, retrieval_prior="log_count", prior_weight=3.0)
     assert shared.ineffective() == {"softmax_temperature"}
-    assert shared.canonical() == ModelConfig(loss="hybrid", hybrid_weight=0.9, retrieval_prior="log_count", prior_weight=3.0)
-    separate = ModelConfig(loss="hybrid", softmax_head="separate", softmax_temperature=0.2)
+    assert shared.canonical() == ModelConfig(head="cosine", loss="hybrid", hybrid_weight=0.9, retrieval_prior="log_count", prior_weight=3.0)
+    separate = ModelConfig(head="cosine", loss="hybrid", softmax_head="separate", softmax_temperature=0.2)
     assert separate.ineffective() == {"prior_weight"} and separate.canonical() == separate
     # the trained towers do not depend on the prior: one training dict for every prior
-    assert shared.training_dict() == ModelConfig(loss="hybrid", hybrid_weight=0.9).training_dict()
+    assert shared.training_dict() == ModelConfig(head="cosine", loss="hybrid", hybrid_weight=0.9).training_dict()
     assert "retrieval_prior" not in shared.training_dict() and shared.training_dict()["hidden_units"] == [64]
 
 
