@@ -48,7 +48,8 @@ def save_model(
 ) -> None:
     """``model.keras`` plus the two exported towers under ``model_dir``, each carrying
     ``provenance`` (``provenance.features_provenance`` of the training features) when given; the
-    user tower with the retrieval signature when ``prior`` is active."""
+    towers with their retrieval signatures when ``prior`` is active or the model has a
+    retrieval head (``export_tower``)."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     model.save(model_dir / MODEL_FILE)
