@@ -333,6 +333,8 @@ class ModelConfig:
     batch_size: int = 512
     learning_rate: float = 0.01
     seed: int = 1
+    # ids outside a tower's vocabulary (new users and items) hash into this many embedding rows
+    oov_buckets: int = 1
     # loss = "hybrid": BCE + hybrid_weight * in-batch softmax (twotower_model/tasks.py)
     hybrid_weight: float = 0.3
     # loss = "hybrid": "separate" gives the softmax term a retrieval head of its own (a linear
@@ -358,6 +360,7 @@ class ModelConfig:
         _check(_num(self.temperature) and self.temperature > 0, "model.temperature", "a finite number > 0", self.temperature)
         _check(_num(self.learning_rate) and self.learning_rate > 0, "model.learning_rate", "a finite number > 0", self.learning_rate)
         _check(_int(self.seed), "model.seed", "an integer", self.seed)
+        _check(_int(self.oov_buckets) and self.oov_buckets >= 1, "model.oov_buckets", "an integer >= 1", self.oov_buckets)
         _check(_num(self.hybrid_weight) and self.hybrid_weight >= 0, "model.hybrid_weight", "a finite number >= 0", self.hybrid_weight)
         _check(self.softmax_head in SOFTMAX_HEADS, "model.softmax_head", f"one of {SOFTMAX_HEADS}", self.softmax_head)
         _check(_num(self.softmax_temperature) and self.softmax_temperature > 0, "model.softmax_temperature", "a finite number > 0", self.softmax_temperature)

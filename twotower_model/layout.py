@@ -12,7 +12,8 @@ A model folder holds:
   retrieval prior or a separate retrieval head the user tower also has the ``retrieval_query``
   signature (the query of an inner-product index over ``item_embeddings.parquet``, with the
   prior's 1.0 appended), and with the head the item tower ``retrieval_candidate``;
-- ``model.keras``: the whole Keras model (towers, head, task), for ``export.load_model``;
+- ``model.keras``: the whole Keras model (towers, head, task), for ``export.load_model``; the
+  vocabularies and the softmax task's item counts are files of its archive, not of its config;
 - ``item_embeddings.parquet``: ``item_id`` (string), ``embedding`` (list<float>), one row per
   catalog item, its retrieval candidate vector (plus the prior's column, ``prior.py``); written by ``predict.write_item_embeddings``, read by ``items.read_item_embeddings``;
 - ``resolved_model_config.json``: the ``ModelConfig`` with every default filled in;

@@ -215,7 +215,7 @@ def build_model(
     the catalog's item count, which ``cfg.sampled_negatives`` needs)."""
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
-    dims = dict(embedding_dim=cfg.embedding_dim, hidden_units=cfg.hidden_units, output_dim=cfg.output_dim)
+    dims = dict(embedding_dim=cfg.embedding_dim, hidden_units=cfg.hidden_units, output_dim=cfg.output_dim, oov_buckets=cfg.oov_buckets)
     user = Tower.from_spec(spec, feat_dir, "user", **dims)
     item = Tower.from_spec(spec, feat_dir, "item", **dims)
     head = ScoringHead(cfg.head, cfg.temperature if cfg.head == "cosine" else 1.0, name="head")

@@ -15,7 +15,9 @@ outputs (``outputs``: ``QUERY``, ``CANDIDATE`` and ``SCORE``, the logit ``dot(qu
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 import keras
@@ -32,6 +34,8 @@ RETRIEVAL_QUERY = "retrieval_query"
 RETRIEVAL_CANDIDATE = "retrieval_candidate"
 # the candidate vectors of the catalog items sampled as extra negatives (training batches only)
 NEGATIVE_CANDIDATE = "negative_candidate"
+# the softmax task's item counts in a saved model.keras: "<item id as JSON>\t<count>" per line
+ITEM_COUNTS_ASSET = "item_counts.tsv"
 
 
 @keras.saving.register_keras_serializable(package="twotower")
@@ -96,6 +100,9 @@ class InBatchSoftmaxTask(keras.layers.Layer):
         if self.sampled_negatives < 0 or (self.sampled_negatives and self.catalog_size < 1):
             raise ValueError(f"sampled_negatives must be >= 0 and needs catalog_size >= 1, got {sampled_negatives!r}, {catalog_size!r}")
         self.remove_accidental_hits = bool(remove_accidental_hits)
+        self._set_item_counts(item_counts)
+
+    def _set_item_counts(self, item_counts: Mapping[str, float] | None) -> None:
         self.item_counts = {str(k): float(v) for k, v in (item_counts or {}).items()}
         bad = [k for k, v in self.item_counts.items() if not (v >= 0 and math.isfinite(v))]
         if bad:
@@ -108,6 +115,18 @@ class InBatchSoftmaxTask(keras.layers.Layer):
             self._log_q = tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(keys, values), default_value=math.log(1.0 / total)
             )
+
+    # the counts travel as a file of the model.keras archive, not in its config: one line per item
+    def save_assets(self, dir_path: str) -> None:
+        if self.item_counts:
+            with open(Path(dir_path) / ITEM_COUNTS_ASSET, "w", encoding="utf-8") as f:
+                f.writelines(f"{json.dumps(k)}\t{v!r}\n" for k, v in self.item_counts.items())
+
+    def load_assets(self, dir_path: str) -> None:
+        path = Path(dir_path) / ITEM_COUNTS_ASSET
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                self._set_item_counts({json.loads(k): float(v) for k, v in (line.rstrip("\n").split("\t") for line in f)})
 
     @property
     def logq_correction(self) -> bool:
@@ -150,7 +169,6 @@ class InBatchSoftmaxTask(keras.layers.Layer):
             "label": self.label,
             "weight": self.weight,
             "item_key": self.item_key,
-            "item_counts": self.item_counts,
             "remove_accidental_hits": self.remove_accidental_hits,
             "query_key": self.query_key,
             "candidate_key": self.candidate_key,
@@ -216,7 +234,6 @@ class HybridTask(keras.layers.Layer):
             "label": sm.label,
             "weight": sm.weight,
             "item_key": sm.item_key,
-            "item_counts": sm.item_counts,
             "remove_accidental_hits": sm.remove_accidental_hits,
             "softmax_weight": self.softmax_weight,
             "separate_head": self.separate_head,

@@ -1,7 +1,8 @@
 """One tower of the two-tower model, built from the feature spec's columns of that tower.
 
 - ``id`` / ``categorical`` (string scalar): ``StringLookup`` over the column's vocabulary file
-  (index 0 is the out-of-vocabulary bucket) and an ``IdEmbedding(vocabulary_size + 1, embedding_dim)``;
+  (indices 0 .. oov_buckets - 1 are the hashed out-of-vocabulary buckets) and an
+  ``IdEmbedding(vocabulary_size + oov_buckets, embedding_dim)``;
 - ``dense`` (float32 scalar or vector): used as is (the feature jobs normalise statistics with
   train-window statistics; embeddings come PCA-compressed);
 - ``count`` (int64 scalar): ``log1p`` of the count (negative counts are clipped to 0);
@@ -26,6 +27,13 @@ TOWER_KINDS = ("id", "categorical", "dense", "count")
 
 def _column_dict(col: Column) -> dict[str, Any]:
     return {"name": col.name, "dtype": col.dtype, "shape": list(col.shape), "kind": col.kind}
+
+
+def vocabulary_files(spec: FeatureSpec, feat_dir: str | Path, columns: Sequence[Column]) -> dict[str, tuple[str, int]]:
+    """Per id/categorical column of ``columns``: its vocabulary file's absolute path and line
+    count, each file checked as ``load_vocabularies`` checks it (the towers read the file itself)."""
+    return {name: (str((Path(feat_dir) / str(col.vocabulary_file)).resolve()), len(vocab))
+            for col in columns for name, vocab in load_vocabularies(spec, feat_dir, [col]).items()}
 
 
 def load_vocabularies(spec: FeatureSpec, feat_dir: str | Path, columns: Sequence[Column]) -> dict[str, list[str]]:
@@ -95,15 +103,24 @@ class IdEmbedding(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="twotower")
 class Tower(keras.Model):
     """Maps a dict of raw feature tensors (the tower's columns; other keys are ignored) to a
-    ``[batch, output_dim]`` embedding."""
+    ``[batch, output_dim]`` embedding.
+
+    ``vocabularies``: per id/categorical column, its values (a list) or its vocabulary file
+    (a path; ``vocabulary_sizes`` then gives its line count). The config holds only the sizes:
+    whatever the catalog, a saved ``model.keras`` keeps each vocabulary as a file of its
+    archive (Keras ``StringLookup`` assets) and the exported towers as a SavedModel asset.
+    ``oov_buckets``: values outside the vocabulary hash into this many rows of the embedding
+    table (1: one shared out-of-vocabulary row)."""
 
     def __init__(
         self,
         columns: Sequence[Mapping[str, Any]],
-        vocabularies: Mapping[str, Sequence[str]],
-        embedding_dim: int,
-        hidden_units: Sequence[int],
-        output_dim: int,
+        vocabularies: Mapping[str, Sequence[str] | str] | None = None,
+        embedding_dim: int = 32,
+        hidden_units: Sequence[int] = (),
+        output_dim: int = 32,
+        vocabulary_sizes: Mapping[str, int] | None = None,
+        oov_buckets: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -113,18 +130,27 @@ class Tower(keras.Model):
         self.embedding_dim = int(embedding_dim)
         self.hidden_units = [int(u) for u in hidden_units]
         self.output_dim = int(output_dim)
+        if not isinstance(oov_buckets, int) or isinstance(oov_buckets, bool) or oov_buckets < 1:
+            raise ValueError(f"tower {self.name!r}: oov_buckets must be an integer >= 1, got {oov_buckets!r}")
+        self.oov_buckets = oov_buckets
+        vocabularies, sizes = dict(vocabularies or {}), dict(vocabulary_sizes or {})
         self.lookups: dict[str, keras.layers.StringLookup] = {}
         self.embeddings: dict[str, IdEmbedding] = {}
+        self.vocabulary_sizes: dict[str, int] = {}
         for c in self.tower_columns:
             _check_column(self.name, c)
             if c["kind"] in ("id", "categorical"):
-                vocab = vocabularies.get(c["name"])
-                if not vocab:
-                    raise ValueError(f"tower {self.name!r}: column {c['name']!r} of kind {c['kind']!r} needs a non-empty vocabulary")
-                self.lookups[c["name"]] = keras.layers.StringLookup(
-                    vocabulary=vocab, num_oov_indices=1, mask_token=None, name=f"{c['name']}_lookup"
+                name = c["name"]
+                vocab = vocabularies.get(name)  # None when rebuilt from a config: the lookup's asset fills it
+                size = len(vocab) if vocab is not None and not isinstance(vocab, str) else sizes.get(name)
+                if not size or size < 1:
+                    raise ValueError(f"tower {self.name!r}: column {name!r} of kind {c['kind']!r} needs a non-empty vocabulary")
+                self.vocabulary_sizes[name] = int(size)
+                self.lookups[name] = keras.layers.StringLookup(
+                    vocabulary=list(vocab) if vocab is not None and not isinstance(vocab, str) else vocab,
+                    num_oov_indices=oov_buckets, mask_token=None, name=f"{name}_lookup",
                 )
-                self.embeddings[c["name"]] = IdEmbedding(len(vocab) + 1, self.embedding_dim, name=f"{c['name']}_embedding")
+                self.embeddings[name] = IdEmbedding(int(size) + oov_buckets, self.embedding_dim, name=f"{name}_embedding")
         self.hidden = [keras.layers.Dense(u, activation="relu", name=f"hidden_{i}") for i, u in enumerate(self.hidden_units)]
         self.projection = keras.layers.Dense(self.output_dim, name="output")
 
@@ -138,18 +164,23 @@ class Tower(keras.Model):
         embedding_dim: int,
         hidden_units: Sequence[int],
         output_dim: int,
+        oov_buckets: int = 1,
     ) -> "Tower":
+        """The tower of the spec's ``tower`` columns, its lookups reading the features' vocabulary files."""
         if tower not in ("user", "item"):
             raise ValueError(f"tower must be 'user' or 'item', got {tower!r}")
         cols = spec.tower_columns(tower)
         if not cols:
             raise ValueError(f"feature spec assigns no column to the {tower} tower; expected at least one column with tower {tower!r}")
+        files = vocabulary_files(spec, feat_dir, cols)
         return cls(
             columns=[_column_dict(c) for c in cols],
-            vocabularies=load_vocabularies(spec, feat_dir, cols),
+            vocabularies={name: path for name, (path, _) in files.items()},
+            vocabulary_sizes={name: n for name, (_, n) in files.items()},
             embedding_dim=embedding_dim,
             hidden_units=hidden_units,
             output_dim=output_dim,
+            oov_buckets=oov_buckets,
             name=f"{tower}_tower",
         )
 
@@ -205,9 +236,8 @@ class Tower(keras.Model):
         return {
             "name": self.name,
             "columns": self.tower_columns,
-            "vocabularies": {
-                name: lookup.get_vocabulary(include_special_tokens=False) for name, lookup in self.lookups.items()
-            },
+            "vocabulary_sizes": self.vocabulary_sizes,  # the vocabularies themselves are the lookups' assets
+            "oov_buckets": self.oov_buckets,
             "embedding_dim": self.embedding_dim,
             "hidden_units": self.hidden_units,
             "output_dim": self.output_dim,

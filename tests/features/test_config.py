@@ -85,6 +85,7 @@ DEFAULTS = {
         "batch_size": 512,
         "learning_rate": 0.01,
         "seed": 1,
+        "oov_buckets": 1,
         "hybrid_weight": 0.3,
         "softmax_head": "shared",
         "softmax_temperature": 0.05,
@@ -668,6 +669,11 @@ def test_model_softmax_head_must_be_known(value):
 @pytest.mark.parametrize("value", [0, -0.05, True, "0.05", math.inf, math.nan, None])
 def test_model_softmax_temperature_must_be_a_finite_number_above_zero(value):
     refused({"model": {"softmax_temperature": value}}, "model.softmax_temperature", f"a finite number > 0, got {value!r}")
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "8", None])
+def test_model_oov_buckets_must_be_an_integer_at_least_one(value):
+    refused({"model": {"oov_buckets": value}}, "model.oov_buckets", f"an integer >= 1, got {value!r}")
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, "8", None])
