@@ -152,7 +152,7 @@ def read_grid(path: str | Path, base: ModelConfig) -> Grid:
     for i, combo in enumerate(combos):
         for key in combo:
             _setting(p, key, combo[key])
-        values = {k: tuple(v) if isinstance(v, list) and k == "hidden_units" else v for k, v in combo.items()}
+        values = dict(combo)
         try:
             given = dataclasses.replace(base, **values)
         except (ConfigError, TypeError) as e:
@@ -292,7 +292,7 @@ def _finished(run_dir: Path, model_cfg: ModelConfig) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(path.read_text())
-        same = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"]["model"].items()}) == model_cfg
+        same = ModelConfig(**record["config"]["model"]) == model_cfg
     except (ValueError, KeyError, TypeError, ConfigError):
         return None
     return record if same else None
@@ -338,7 +338,7 @@ def summarise(name: str, grid: Grid, records: Sequence[Mapping[str, Any]]) -> di
     points = []
     for p in grid.points:
         runs = by_point.get(p.name, [])
-        figures = [dict(_figures(r)[0]) | {k: _figures(r)[1].get(k) for k in RECALLS} for r in runs]
+        figures = [dict(row) | {k: diag.get(k) for k in RECALLS} for row, diag in map(_figures, runs)]
         stats = {k: _stats([f.get(k) for f in figures]) for k in FIGURES}
         auc = stats["auc"]["mean"]
         entry = {
@@ -413,7 +413,7 @@ def varying(summary: Mapping[str, Any]) -> list[str]:
 
 def point_label(entry: Mapping[str, Any], keys: Sequence[str]) -> str:
     """The point's values of ``keys``, those without effect for it left out."""
-    model = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry["model"].items() if k != "seed"})
+    model = ModelConfig(**{k: v for k, v in entry["model"].items() if k != "seed"})
     shown = [k for k in keys if k not in model.ineffective()]
     return ", ".join(f"{k}={entry['model'][k]}" for k in shown) or entry["point"]
 

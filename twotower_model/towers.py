@@ -32,8 +32,8 @@ def _column_dict(col: Column) -> dict[str, Any]:
 def vocabulary_files(spec: FeatureSpec, feat_dir: str | Path, columns: Sequence[Column]) -> dict[str, tuple[str, int]]:
     """Per id/categorical column of ``columns``: its vocabulary file's absolute path and line
     count, each file checked as ``load_vocabularies`` checks it (the towers read the file itself)."""
-    return {name: (str((Path(feat_dir) / str(col.vocabulary_file)).resolve()), len(vocab))
-            for col in columns for name, vocab in load_vocabularies(spec, feat_dir, [col]).items()}
+    paths = {col.name: str((Path(feat_dir) / str(col.vocabulary_file)).resolve()) for col in columns}
+    return {name: (paths[name], len(vocab)) for name, vocab in load_vocabularies(spec, feat_dir, columns).items()}
 
 
 def load_vocabularies(spec: FeatureSpec, feat_dir: str | Path, columns: Sequence[Column]) -> dict[str, list[str]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -178,11 +179,10 @@ def train(
     model_dir = Path(model_dir)
     model, report = fit_model(feat_dir, model_cfg, progress=progress, checkpoint_dir=model_dir / CHECKPOINT_DIR)
     model_dir.mkdir(parents=True, exist_ok=True)
-    save_model(model, model_dir, provenance=provenance, prior=RetrievalPrior.of(model_cfg))
+    prior = RetrievalPrior.of(model_cfg)
+    save_model(model, model_dir, provenance=provenance, prior=prior)
     write_model_provenance(model_dir, provenance)
-    report["catalog_items"] = write_item_embeddings(
-        model, feat_dir, model_dir / ITEM_EMBEDDINGS_FILE, prior=RetrievalPrior.of(model_cfg)
-    )
+    report["catalog_items"] = write_item_embeddings(model, feat_dir, model_dir / ITEM_EMBEDDINGS_FILE, prior=prior)
     write_json_atomic(model_dir / CONFIG_FILE, _config_dict(model_cfg))
     report["wall_time_seconds"] = time.perf_counter() - started
     write_json_atomic(model_dir / REPORT_FILE, report)
@@ -193,8 +193,6 @@ def train(
 def _prepare_checkpoint(folder: Path, cfg: ModelConfig, feat_dir: Path, progress: Callable[[str], Any]) -> int:
     """The epoch a checkpoint in ``folder`` lets training resume after (0: none, or one of other
     settings, then removed); stamps ``folder`` with this training's identity."""
-    import shutil
-
     identity = {"training": cfg.training_dict(), "features": features_provenance(feat_dir)}
     stamp, meta = folder / CHECKPOINT_IDENTITY, folder / "training_metadata.json"
     if folder.is_dir():
@@ -225,7 +223,7 @@ def set_retrieval_prior(model_dir: str | Path, feat_dir: str | Path, model_cfg: 
     path = model_dir / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {str(model_dir)!r}: run train first")
-    saved = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(path.read_text()).items()})
+    saved = ModelConfig(**json.loads(path.read_text()))
     if saved.training_dict() != model_cfg.training_dict():
         diff = sorted(k for k, v in model_cfg.training_dict().items() if saved.training_dict().get(k) != v)
         raise ValueError(f"{str(model_dir)!r} was trained with other [model] settings {diff}: only {RETRIEVAL_ONLY} may differ")
