@@ -24,8 +24,9 @@ setup(
     install_requires=SPARK + CORE,
     extras_require={
         # The trainer runs on CPU or GPU. `tensorflow` on a GPU box, `tensorflow-cpu` elsewhere.
-        "train": ["tensorflow>=2.16,<2.22"],
-        "train-cpu": ["tensorflow-cpu>=2.16,<2.22"],
+        # faiss-cpu: the retrieval index of `twotower export` and of `evaluate` past its exact limit.
+        "train": ["tensorflow>=2.16,<2.22", "faiss-cpu>=1.8,<2"],
+        "train-cpu": ["tensorflow-cpu>=2.16,<2.22", "faiss-cpu>=1.8,<2"],
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "pytest-xdist>=3.5,<4"],
         # `experiment run` / `report`: MLflow tracking (skinny: full mlflow pins pyarrow < 26 and
         # pulls a web server; its SQLite store needs SQLAlchemy and Alembic) and the report's plots.

@@ -19,6 +19,7 @@ import click
 from twotower_features import layout as L
 from twotower_features.config import ConfigError, ExperimentConfig
 from twotower_features.errors import UserError
+from twotower_model import index as I
 
 from . import stages as S
 from .lock import LockBusy
@@ -194,21 +195,46 @@ def train(features_dir, model_dir, config, epochs):
     click.echo(json.dumps({k: v for k, v in report.items() if not isinstance(v, (list, dict))}, indent=2, default=str))
 
 
+def _index_options(f):
+    # the one rule export and evaluate share (twotower_model/index.py: numpy only, faiss loaded lazily)
+    f = click.option("--exact-limit", default=I.EXACT_LIMIT, show_default=True, type=click.IntRange(0),
+                     help="Catalogs up to this many items are searched exactly; larger ones through an IVF index (faiss).")(f)
+    return click.option("--index", "index_kind", default="auto", show_default=True, type=click.Choice(["auto", *I.KINDS]),
+                        help="Force an index kind instead of the --exact-limit rule.")(f)
+
+
 @main.command()
 @click.option("--features", "features_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for predictions and metrics.")
 @click.option("--ground-truth", default=None, type=click.Path(exists=True), help="Generator ground truth, for the oracle row.")
-def evaluate(features_dir, model_dir, out_dir, ground_truth):
+@_index_options
+def evaluate(features_dir, model_dir, out_dir, ground_truth, index_kind, exact_limit):
     """Score the validation day; metrics next to random, popularity and oracle rows."""
     from twotower_model.evaluate import evaluate as run
     from twotower_model.evaluate import format_diagnostics, format_table
 
-    result = run(features_dir, model_dir, out_dir, ground_truth=ground_truth)
+    result = run(features_dir, model_dir, out_dir, ground_truth=ground_truth, index_kind=index_kind, exact_limit=exact_limit)
     click.echo(format_table(result["rows"]))
     if "diagnostics" in result:
         click.echo("")
         click.echo(format_diagnostics(result["diagnostics"]))
+
+
+@main.command(name="export")
+@click.option("--features", "features_dir", required=True, type=click.Path(exists=True, file_okay=False), help="The features folder the model was trained on.")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Output folder of `twotower train`.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the index, its item ids, export.json and the user_embeddings Delta table.")
+@_index_options
+@click.option("--lock-wait", default=0.0, show_default=True, type=click.FloatRange(0), help="Seconds to wait for another run writing the same --out.")
+@click.pass_context
+def export_cmd(ctx, features_dir, model_dir, out_dir, index_kind, exact_limit, lock_wait):
+    """Serving files: the item index (faiss), and every validation-day user's embedding as a Delta table."""
+    from .export import run_export
+
+    with _lazy_spark(ctx, "twotower-export") as spark:
+        manifest = run_export(spark, features_dir, model_dir, out_dir, kind=index_kind, exact_limit=exact_limit, lock_wait_s=lock_wait, log=click.echo)
+    click.echo(json.dumps({k: manifest[k] for k in ("items", "users", "validation_date")} | {"index": manifest["index"]["kind"]}, default=str))
 
 
 @main.command()

@@ -230,12 +230,15 @@ class FeaturesConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     tfrecord_shards: int = 4
-    # the examples table keeps pos_history/neg_history id lists (audit); off at scale
     vocabulary_min_count: int = 1
+    # at most this many values per vocabulary (the most frequent in the train window, ties by
+    # value); the rest are out of vocabulary, hashed into model.oov_buckets rows. 0: no cap
+    vocabulary_max_size: int = 0
 
     def __post_init__(self) -> None:
         _check(_int(self.tfrecord_shards) and self.tfrecord_shards >= 1, "output.tfrecord_shards", "an integer >= 1", self.tfrecord_shards)
         _check(_int(self.vocabulary_min_count) and self.vocabulary_min_count >= 1, "output.vocabulary_min_count", "an integer >= 1", self.vocabulary_min_count)
+        _check(_int(self.vocabulary_max_size) and self.vocabulary_max_size >= 0, "output.vocabulary_max_size", "an integer >= 0 (0: no cap)", self.vocabulary_max_size)
 
 
 @dataclass(frozen=True)

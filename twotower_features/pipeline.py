@@ -363,12 +363,15 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
 
 
 # --------------------------------------------------------------------------------------- 4
-def _vocabulary(df: DataFrame, col: str, min_count: int) -> list[str]:
-    rows = (
-        df.filter(F.col(col).isNotNull()).groupBy(col).agg(F.count(F.lit(1)).alias("n")).filter(F.col("n") >= min_count)
-        .orderBy(F.col("n").desc(), F.col(col)).select(col).collect()
-    )
-    return [r[0] for r in rows]
+def _vocabulary(df: DataFrame, col: str, min_count: int, max_size: int = 0) -> tuple[list[str], int]:
+    """The values of ``col`` seen at least ``min_count`` times, most frequent first (ties by
+    value), at most ``max_size`` of them (0: all); and how many qualifying values the cap left
+    out (counted only when the cap is reached)."""
+    counted = df.filter(F.col(col).isNotNull()).groupBy(col).agg(F.count(F.lit(1)).alias("n")).filter(F.col("n") >= min_count)
+    ordered = counted.orderBy(F.col("n").desc(), F.col(col)).select(col)
+    words = [r[0] for r in (ordered.limit(max_size) if max_size else ordered).collect()]
+    cut = counted.count() - len(words) if max_size and len(words) == max_size else 0
+    return words, cut
 
 
 def spec_columns(cfg: ExperimentConfig, examples: DataFrame) -> list[Column]:
@@ -430,7 +433,10 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
     sized = []
     for c in cols:
         if c.vocabulary_file:
-            words = _vocabulary(train, c.name, cfg.output.vocabulary_min_count)
+            words, cut = _vocabulary(train, c.name, cfg.output.vocabulary_min_count, cfg.output.vocabulary_max_size)
+            if cut:
+                rep.facts.setdefault("vocabulary_values_over_cap", {})[c.name] = cut
+                log(f"vocabulary of '{c.name}' capped at {len(words):,} values (output.vocabulary_max_size); {cut:,} rarer values hash into model.oov_buckets")
             broken = [w for w in words if has_line_break(w)]
             if broken:  # one value per line: such a value would read back as several
                 raise StageError(

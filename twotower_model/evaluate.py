@@ -38,6 +38,7 @@ from twotower_features import columns as C
 from twotower_features.spec import FeatureSpec
 
 from . import diagnostics as D
+from . import index as I
 from .items import ItemsArtifact, items_artifact, read_item_counts, read_item_embeddings
 from .layout import METRICS_FILE, PREDICTIONS_FILE
 from .metrics import (
@@ -87,12 +88,17 @@ def evaluate(
     ks: Sequence[int] = DIAGNOSTIC_KS,
     coverage_ks: Sequence[int] = COVERAGE_KS,
     max_diagnostic_users: int = MAX_DIAGNOSTIC_USERS,
+    exact_limit: int = I.EXACT_LIMIT,
+    index_kind: str = "auto",
 ) -> dict[str, Any]:
     """Predict the validation split, score model and reference rows, write predictions and metrics.
 
     Returns (and writes as ``out_dir/metrics.json``, NaN as null) ``experiment``, ``rows`` and,
     with ``diagnostics``, ``diagnostics`` and ``coverage_curve`` (see ``catalog_diagnostics``).
-    Refuses (``provenance.ProvenanceError``) a model trained on another features folder, and
+    The model's full-catalog lists come from exact search up to ``exact_limit`` catalog items,
+    from the index ``twotower export`` would build above it (``index.choose_kind``;
+    ``index_kind`` forces one). Refuses (``provenance.ProvenanceError``) a model trained on
+    another features folder, and
     (``provenance.IncompleteFeaturesError``) a validation split whose files differ from the manifest.
     """
     from .predict import predict
@@ -120,7 +126,7 @@ def evaluate(
     if diagnostics:
         diag, curve = catalog_diagnostics(
             features_dir, model_dir, preds, spec=spec, train_counts=counts, ks=ks, coverage_ks=coverage_ks,
-            max_users=max_diagnostic_users, seed=seed,
+            max_users=max_diagnostic_users, seed=seed, exact_limit=exact_limit, index_kind=index_kind,
         )
         result["diagnostics"], result["coverage_curve"] = diag, curve
     write_metrics_json(result, out / METRICS_FILE)
@@ -128,18 +134,18 @@ def evaluate(
 
 
 # ---- full-catalog diagnostics -----------------------------------------------------------
-def choose_user_rows(preds: pd.DataFrame, *, max_users: int | None = None, seed: int = 0) -> pd.DataFrame:
+def choose_user_rows(preds: pd.DataFrame, *, max_users: int | None = None, seed: int = 0, last: bool = False) -> pd.DataFrame:
     """One row per validation user: ``user_id`` and ``row``, the position in ``preds`` (record
     order of the validation split) of the user's first example by ``event_ts``, then
-    ``item_id``, then position. Users sorted by id; beyond ``max_users`` a sorted sample drawn
-    with ``numpy.random.default_rng(seed)``."""
+    ``item_id``, then position (``last``: the last one in that order). Users sorted by id;
+    beyond ``max_users`` a sorted sample drawn with ``numpy.random.default_rng(seed)``."""
     frame = pd.DataFrame({
         C.USER_ID: preds[C.USER_ID].to_numpy(),
         C.EVENT_TS: preds[C.EVENT_TS].to_numpy(),
         C.ITEM_ID: preds[C.ITEM_ID].to_numpy(),
         "row": np.arange(len(preds), dtype=np.int64),
     })
-    first = frame.sort_values([C.USER_ID, C.EVENT_TS, C.ITEM_ID, "row"], kind="stable").drop_duplicates(C.USER_ID)
+    first = frame.sort_values([C.USER_ID, C.EVENT_TS, C.ITEM_ID, "row"], kind="stable").drop_duplicates(C.USER_ID, keep="last" if last else "first")
     first = first[[C.USER_ID, "row"]].reset_index(drop=True)
     if max_users is not None and len(first) > max_users:
         keep = np.sort(np.random.default_rng(seed).choice(len(first), size=max_users, replace=False))
@@ -224,6 +230,8 @@ def catalog_diagnostics(
     max_users: int | None = MAX_DIAGNOSTIC_USERS,
     neighbour_sample: int | None = NEIGHBOUR_SAMPLE,
     seed: int = 0,
+    exact_limit: int = I.EXACT_LIMIT,
+    index_kind: str = "auto",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Full-catalog diagnostics of the model and the popularity and random references.
 
@@ -237,7 +245,9 @@ def catalog_diagnostics(
       ``creator_agreement@K`` (the model's item-embedding neighbourhoods; the random row holds
       the chance level; None for popularity), ``users`` and ``users_scored``; and the context
       ``k``, ``catalog_size``, ``users``, ``users_in_validation``, ``users_scored``,
-      ``user_features_from``, ``positives_outside_catalog``, ``content_embedding``,
+      ``user_features_from``, ``retrieval_index`` (the index the model's lists came from: exact
+      search up to ``exact_limit`` items, else ``index.build_index``'s, as ``export`` builds
+      it), ``positives_outside_catalog``, ``content_embedding``,
       ``cluster_source``, ``cluster_agreement_chance``, ``creator_agreement_chance``,
       ``neighbour_queries``, ``seconds``.
     - ``coverage_curve``: ``k`` (the ``coverage_ks`` within the catalog size) and, per row,
@@ -267,8 +277,14 @@ def catalog_diagnostics(
         train_counts = _train_counts(features_dir, spec)
     counts = train_counts.reindex(item_ids).fillna(0.0).to_numpy()
     popular = np.lexsort((np.arange(n_items), -counts))[:kmax]
+    kind = I.choose_kind(n_items, exact_limit, index_kind)
+    if kind == "exact":  # exact scan, deterministic tie-break by item index (diagnostics.py)
+        model_top, index_used = D.topk_from_embeddings(user_emb, item_emb, kmax), {"kind": "exact", "exact_limit": exact_limit}
+    else:
+        built = I.build_index(item_emb, kind, seed=seed)
+        model_top, index_used = I.search(built, user_emb, kmax), {**I.index_params(built), "exact_limit": exact_limit}
     tops = {
-        "model": D.topk_from_embeddings(user_emb, item_emb, kmax),
+        "model": model_top,
         "popularity": np.broadcast_to(popular, (len(users), kmax)),
         "random": D.random_topk(len(users), n_items, kmax, seed=seed),
     }
@@ -301,6 +317,7 @@ def catalog_diagnostics(
         "users_in_validation": int(preds[C.USER_ID].nunique()),
         "users_scored": diag["model"]["users_scored"],
         "user_features_from": USER_CHOICE,
+        "retrieval_index": index_used,
         "positives_outside_catalog": outside,
         "content_embedding": art.content_column,
         "cluster_source": _cluster_source(art),

@@ -26,6 +26,17 @@ A model folder holds:
   weights and optimizer state (Keras ``BackupAndRestore``) and ``training.json``, the settings
   and features they belong to; rerunning the same command resumes from it.
 
+An export folder (``twotower export``, ``serving.py``), what a retrieval service loads:
+
+- ``items.faiss``: the inner-product index over the model's ``item_embeddings.parquet``
+  (``index.py``: exact up to its limit, HNSW above), position ``i`` = row ``i`` of
+- ``index_items.parquet``: ``item_id`` in index order;
+- ``user_embeddings/``: a Delta table, one row per user active on the validation day: its
+  retrieval query as of the user's last validation example, with the export's identity;
+- ``export.json``: the identity (the features' provenance, the sha256 of the model's resolved
+  config and of its item embeddings, the retrieval prior), the index's settings and the counts;
+  ``serving.load_export`` refuses an export whose identity differs from the model folder's.
+
 An evaluation folder holds ``predictions.parquet`` (``predict`` of the validation split) and
 ``metrics.json`` (see ``evaluate.py``).
 """
@@ -50,6 +61,12 @@ EMBEDDING = "embedding"
 # present with a retrieval prior or a separate retrieval head; the item's candidate, with the head
 RETRIEVAL_SIGNATURE = "retrieval_query"
 CANDIDATE_SIGNATURE = "retrieval_candidate"
+
+# export folder (serving.py)
+INDEX_FILE = "items.faiss"
+INDEX_ITEMS_FILE = "index_items.parquet"
+USER_EMBEDDINGS_TABLE = "user_embeddings"
+EXPORT_MANIFEST = "export.json"
 
 # evaluation folder
 PREDICTIONS_FILE = "predictions.parquet"

@@ -53,7 +53,7 @@ DEFAULTS = {
     # SPEC stage 7: PCA to 128, KMeans with 18 clusters
     "embeddings": {"item_source": "dedup", "pca_components": 128, "kmeans_k": 18, "seed": 7},
     "features": {"user": ["user_id"], "item": ["item_id", "item_emb"]},
-    "output": {"tfrecord_shards": 4, "vocabulary_min_count": 1},
+    "output": {"tfrecord_shards": 4, "vocabulary_min_count": 1, "vocabulary_max_size": 0},
     "quality": {
         "max_quarantine_share": 0.05,
         "max_fraction_watched": 0.0,
@@ -466,6 +466,16 @@ def test_output_must_be_integers_at_least_one(key, value):
 def test_output_one_allowed():
     o = load(output={"tfrecord_shards": 1, "vocabulary_min_count": 1}).output
     assert (o.tfrecord_shards, o.vocabulary_min_count) == (1, 1)
+
+
+@pytest.mark.parametrize("value", [True, -1, 1.5, 4.0, "4", None])
+def test_vocabulary_cap_must_be_an_integer_at_least_zero(value):
+    refused({"output": {"vocabulary_max_size": value}}, "output.vocabulary_max_size", f"an integer >= 0 (0: no cap), got {value!r}")
+
+
+def test_vocabulary_cap_zero_and_positive_allowed():
+    assert load(output={"vocabulary_max_size": 0}).output.vocabulary_max_size == 0
+    assert load(output={"vocabulary_max_size": 1}).output.vocabulary_max_size == 1
 
 
 # ------------------------------------------------------------------------------ quality

@@ -64,7 +64,7 @@ def test_ids_with_a_line_break_are_quarantined_and_the_vocabulary_has_one_line_p
     col = Column(C.USER_ID, "string", (), "user", "id", vocabulary_file="user_id.txt")
 
     def written(frame) -> tuple[list[str], list[str]]:
-        words = _vocabulary(frame, C.USER_ID, 1)
+        words, _ = _vocabulary(frame, C.USER_ID, 1)
         (tmp_path / "user_id.txt").write_text("\n".join(words) + ("\n" if words else ""))
         return words, read_vocabulary(tmp_path, col)
 
@@ -74,6 +74,17 @@ def test_ids_with_a_line_break_are_quarantined_and_the_vocabulary_has_one_line_p
     # after the quarantine: one line per id
     words, lines = written(valid)
     assert lines == words == ["u1", "u2"]
+
+
+def test_vocabulary_keeps_the_most_frequent_values_up_to_its_cap(spark):
+    # counts by hand: a 3, b 2, c 2, d 1, e 1 (and a null, never a value)
+    ids = ["a", "a", "a", "b", "b", "c", "c", "d", "e", None]
+    frame = spark.createDataFrame([(u,) for u in ids], "user_id string")
+    assert _vocabulary(frame, C.USER_ID, 1) == (["a", "b", "c", "d", "e"], 0)  # ties by value
+    assert _vocabulary(frame, C.USER_ID, 1, 3) == (["a", "b", "c"], 2)
+    assert _vocabulary(frame, C.USER_ID, 1, 2) == (["a", "b"], 3)  # b and c tie: b by value
+    assert _vocabulary(frame, C.USER_ID, 2, 3) == (["a", "b", "c"], 0)  # exactly 3 qualify
+    assert _vocabulary(frame, C.USER_ID, 2, 10) == (["a", "b", "c"], 0)
 
 
 @pytest.fixture(scope="module")

@@ -255,3 +255,18 @@ def test_positives_outside_catalog_are_misses():
     # a: x (0) and an item outside the catalog (index 3 = n_items); b: y once; c: none
     assert [sorted(p.tolist()) for p in positives] == [[0, 3], [1], []]
     assert outside == 1
+
+
+def test_past_the_exact_limit_the_model_lists_come_from_the_index(evaluated):
+    """With the exact limit below the catalog the model's lists come from the IVF index
+    ``twotower export`` builds; on 30 items it has one cell and finds the exact lists, so the
+    figures are equal."""
+    root, written, artifact, model_dir, out, result = evaluated
+    preds = pd.read_parquet(out / "predictions.parquet")
+    assert result["diagnostics"]["retrieval_index"] == {"kind": "exact", "exact_limit": tevaluate.I.EXACT_LIMIT}
+    diag, curve = tevaluate.catalog_diagnostics(root, model_dir, preds, ks=KS, coverage_ks=CURVE_KS, exact_limit=29)
+    assert diag["retrieval_index"]["kind"] == "ivf" and diag["retrieval_index"]["items"] == 30
+    for k in KS:
+        for name in ("recall", "ndcg", "coverage"):
+            assert diag["model"][f"{name}@{k}"] == pytest.approx(result["diagnostics"]["model"][f"{name}@{k}"], abs=1e-12), (name, k)
+    assert curve["model"] == result["coverage_curve"]["model"]

@@ -28,7 +28,7 @@ CATALOG_NAMES = sorted(p.stem for p in CATALOG.glob("*.toml"))
 # every command of `twotower --help`, written down: a new command fails test_commands_are_all_covered
 COMMANDS = (
     "generate", "features", "prepare", "embeddings", "examples", "tfrecords", "train", "evaluate",
-    "metrics", "demo", "experiment list", "experiment run", "report", "nightly", "backfill", "sweep",
+    "metrics", "demo", "experiment list", "experiment run", "report", "nightly", "backfill", "sweep", "export",
 )
 FEATURE_COMMANDS = ("features", "prepare", "embeddings", "examples", "tfrecords")
 DATE = "2026-07-05"
@@ -339,6 +339,31 @@ def test_sweep_bad_grid_names_the_key(tmp_path, text, fragment):
 def test_sweep_features_folder_without_spec(tmp_path):
     (tmp_path / "features").mkdir()
     assert_fails(_sweep(tmp_path, "[grid]\nloss = ['bce']\n", "--config", "demo"), 1, "feature_spec.json")
+
+
+def _export(tmp_path, out, *extra):
+    for d in ("features", "model"):
+        (tmp_path / d).mkdir(exist_ok=True)
+    return invoke("export", "--features", tmp_path / "features", "--model", tmp_path / "model", "--out", out, *extra)
+
+
+def test_export_out_inside_the_model_folder(tmp_path):
+    assert_fails(_export(tmp_path, tmp_path / "model" / "export"), 1, "would overwrite --model")
+
+
+def test_export_out_is_someone_elses_folder(tmp_path):
+    write(tmp_path / "mine" / "notes.txt", "keep")
+    assert_fails(_export(tmp_path, tmp_path / "mine"), 1, "not an export folder")
+
+
+def test_export_model_folder_without_provenance(tmp_path):
+    # an empty model folder: refused before Spark with the file it lacks and the fix
+    assert_fails(_export(tmp_path, tmp_path / "export"), 1, "provenance.json", "train")
+    assert not (tmp_path / "export").exists()
+
+
+def test_export_bad_index_kind(tmp_path):
+    assert_fails(_export(tmp_path, tmp_path / "export", "--index", "annoy"), 2, "--index")
 
 
 def test_metrics_missing_predictions(tmp_path):
