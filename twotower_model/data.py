@@ -11,6 +11,7 @@ from typing import Iterable, Mapping
 
 import tensorflow as tf
 
+from twotower_features.errors import UserError
 from twotower_features.spec import Column, FeatureSpec
 
 SPLITS_KEY = "splits"
@@ -66,6 +67,22 @@ def split_files(feat_dir: str | Path, split: str, spec: FeatureSpec) -> list[str
     return files
 
 
+def shard_files(files: list[str], shard: tuple[int, int], split: str) -> list[str]:
+    """Worker ``index``'s share of ``split``'s sorted ``files`` when ``count`` workers split them
+    by file (``shard = (index, count)``): files ``index, index + count, index + 2 count, ...``.
+    A ``UserError`` when there are fewer files than workers (a worker would have none)."""
+    index, count = shard
+    if not (isinstance(count, int) and isinstance(index, int) and 0 <= index < count):
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
+    if len(files) < count:
+        raise UserError(
+            f"split {split!r} has {len(files)} TFRecord file(s) for {count} workers: the workers split the files between "
+            f"them (worker i reads files i, i+{count}, ...), so each needs at least one; rebuild the features with "
+            f"[output] tfrecord_shards >= {count} (a multiple of {count} gives every worker as many files)"
+        )
+    return files[index::count]
+
+
 def make_dataset(
     feat_dir: str | Path,
     split: str,
@@ -78,6 +95,7 @@ def make_dataset(
     repeat: bool = False,
     deterministic: bool | None = None,
     shuffle_buffer: int = 10_000,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Batches of parsed records of ``split`` as dicts ``column name -> tensor [batch, *shape]``.
 
@@ -86,7 +104,9 @@ def make_dataset(
     (files are read one after the other; parsing stays parallel). With ``shuffle``, up to 8
     files are interleaved and records shuffled; ``deterministic`` (default: ``not shuffle``)
     fixes the interleave order, so that with a ``seed`` the order is reproducible too, at a
-    small cost in throughput.
+    small cost in throughput. ``repeat`` repeats the records before batching: every batch is
+    full. ``shard = (index, count)`` reads only worker ``index``'s files of ``count`` workers
+    (``shard_files``).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -101,6 +121,8 @@ def make_dataset(
         raise ValueError(f"split {split!r} records do not hold column(s) {missing}; they hold {held}")
     description = feature_description(spec, names)
     files = split_files(feat_dir, split, spec)
+    if shard is not None:
+        files = shard_files(files, shard, split)
 
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:

@@ -9,13 +9,21 @@ TFRecord files differ from its manifest (``provenance.check_split_files``) befor
 ``set_retrieval_prior`` gives a trained model folder another retrieval prior without retraining.
 ``train`` checkpoints every epoch under ``layout.CHECKPOINT_DIR``: the same command, rerun after
 the trainer was killed, continues after the last finished epoch.
+
+With ``TF_CONFIG`` naming more than one worker (``distribute.py``), every worker runs the same
+``train``: ``fit_model`` trains under a ``MultiWorkerMirroredStrategy``, each worker reading its
+share of the train split's files (``data.shard_files``) in ``batch_size / workers`` batches, the
+same number of steps per epoch on every worker; only the chief (rank 0) writes the model
+folder, and no worker checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +41,15 @@ from .data import (
     item_id_column,
     make_dataset,
     read_split,
+    shard_files,
+    split_files,
     with_sampled_negatives,
+)
+from .distribute import (
+    cluster_from_env,
+    make_strategy,
+    replica_trainer,
+    split_batch,
 )
 from .export import save_model
 from .items import read_item_counts
@@ -80,14 +96,35 @@ def fit_model(
 
     Deterministic given ``model_cfg.seed`` on CPU: the seed fixes the initial weights, the
     file and record shuffles, and the interleave order. ``optimizer``: see ``make_optimizer``.
+
+    With ``TF_CONFIG`` naming more than one worker (``distribute.cluster_from_env``): before
+    TensorFlow runs anything, every worker checks that ``batch_size`` splits evenly between the
+    workers and that the train split has a file for each, then creates the
+    ``MultiWorkerMirroredStrategy`` (which waits for all workers) and builds and compiles the
+    model in its scope; Keras fits a ``distribute.ReplicaTrainer`` of it, one step per call.
+    Worker ``r`` of ``n`` reads train files ``r, r+n, ...`` (shuffled as above, seeded alike),
+    repeated, in batches of ``batch_size / n`` (split again between a worker's devices); an
+    epoch is ``ceil(train records / batch_size)`` steps on every worker, so ``batch_size`` times
+    that many examples in all (the report's ``examples``). Sampled negatives are drawn per
+    worker batch (seed ``seed + r``). Every worker computes the validation loss on the whole
+    validation split in batches of ``batch_size``, as a single process does. ``checkpoint_dir``
+    is ignored, with a message: no worker checkpoints.
     """
     if not isinstance(model_cfg, ModelConfig):
         raise TypeError(f"model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
     started = time.perf_counter()
+    cluster = cluster_from_env()
     feat_dir = Path(feat_dir)
     spec = FeatureSpec.load(feat_dir)
     has_validation = "validation" in spec.extras.get(SPLITS_KEY, {})
     records = check_split_files(feat_dir, ["train", "validation"] if has_validation else ["train"], spec)
+    strategy = None
+    if cluster.distributed:  # checks every worker makes alike, before they wait for each other
+        split_batch(model_cfg.batch_size, cluster.workers)
+        shard_files(split_files(feat_dir, "train", spec), (cluster.rank, cluster.workers), "train")
+        progress(f"{cluster.describe()}: waiting for the other workers")
+        strategy = make_strategy()
+        split_batch(model_cfg.batch_size, strategy.num_replicas_in_sync, f"replicas ({cluster.workers} workers' devices)")
     keras.utils.set_random_seed(model_cfg.seed)
 
     in_batch = model_cfg.loss in IN_BATCH_LOSSES
@@ -100,47 +137,58 @@ def fit_model(
         check_split_files(feat_dir, [CATALOG], spec)
         catalog = read_split(feat_dir, CATALOG, spec, dict.fromkeys([item_id_column(spec), *(c.name for c in spec.tower_columns("item"))]))
     catalog_size = 0 if catalog is None else int(next(iter(catalog.values())).shape[0])
-    model = build_model(spec, feat_dir, model_cfg, item_counts=item_counts, catalog_size=catalog_size)
-    model.compile(optimizer=make_optimizer(model_cfg.learning_rate, optimizer), steps_per_execution=STEPS_PER_EXECUTION)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(spec, feat_dir, model_cfg, item_counts=item_counts, catalog_size=catalog_size)
+        model.compile(optimizer=make_optimizer(model_cfg.learning_rate, optimizer), steps_per_execution=STEPS_PER_EXECUTION)
+    trainer = model if strategy is None else replica_trainer(model, strategy)
 
     n_train = records["train"]
     if n_train == 0:
         raise ValueError(f"split 'train' in {str(feat_dir)!r} has no records")
     columns = _training_columns(spec, model)
-    train_ds = make_dataset(
-        feat_dir, "train", spec, batch_size=model_cfg.batch_size, shuffle=True, seed=model_cfg.seed,
-        columns=columns, deterministic=True,
-    )
-    if catalog is not None:  # mixed negative sampling: uniform catalog items join each batch
-        train_ds = with_sampled_negatives(train_ds, catalog, model_cfg.sampled_negatives, model_cfg.seed)
-    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(-(-n_train // model_cfg.batch_size)))
+    steps = -(-n_train // model_cfg.batch_size)
+    if strategy is None:
+        epoch_examples = n_train
+        train_ds = make_dataset(
+            feat_dir, "train", spec, batch_size=model_cfg.batch_size, shuffle=True, seed=model_cfg.seed,
+            columns=columns, deterministic=True,
+        )
+        if catalog is not None:  # mixed negative sampling: uniform catalog items join each batch
+            train_ds = with_sampled_negatives(train_ds, catalog, model_cfg.sampled_negatives, model_cfg.seed)
+        train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps))
+    else:
+        epoch_examples = steps * model_cfg.batch_size
+        train_ds = strategy.distribute_datasets_from_function(
+            partial(_worker_train_dataset, feat_dir, spec, model_cfg, columns, catalog, steps)
+        )
     timer = _Throughput()
     callbacks: list[keras.callbacks.Callback] = [timer, _EpochProgress(progress, model_cfg.epochs)]
     resumed = 0
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and strategy is not None:
+        progress(f"multi-worker training keeps no checkpoint: a run stopped before its end starts again from epoch 1 (not {str(checkpoint_dir)!r})")
+    elif checkpoint_dir is not None:
         resumed = _prepare_checkpoint(Path(checkpoint_dir), model_cfg, feat_dir, progress)
         callbacks.insert(0, keras.callbacks.BackupAndRestore(str(checkpoint_dir), save_freq="epoch", double_checkpoint=True))
-    history = model.fit(train_ds, epochs=model_cfg.epochs, verbose=0, shuffle=False, callbacks=callbacks)
+    history = trainer.fit(train_ds, epochs=model_cfg.epochs, verbose=0, shuffle=False, callbacks=callbacks)
     losses = [float(x) for x in history.history.get("loss", [])]
     epochs_run = model_cfg.epochs - resumed
-    timed_examples = n_train * epochs_run - min(timer.warm_batches * model_cfg.batch_size, n_train)
+    timed_examples = epoch_examples * epochs_run - min(timer.warm_batches * model_cfg.batch_size, epoch_examples)
     includes_warmup = timed_examples <= 0 or timer.seconds <= 0  # the whole run was one call
     if includes_warmup:
-        examples_per_s = n_train * epochs_run / max(timer.total_seconds, 1e-9)
+        examples_per_s = epoch_examples * epochs_run / max(timer.total_seconds, 1e-9)
     else:
         examples_per_s = timed_examples / timer.seconds
-    progress(f"trained {n_train * epochs_run} examples in {timer.total_seconds:.1f} s: {examples_per_s:,.0f} examples/s")
+    progress(f"trained {epoch_examples * epochs_run} examples in {timer.total_seconds:.1f} s: {examples_per_s:,.0f} examples/s")
 
     validation_loss = None
     if has_validation:
-        n_val = records["validation"]
-        val_ds = make_dataset(
-            feat_dir, "validation", spec, batch_size=model_cfg.batch_size, shuffle=False, seed=0, columns=columns
-        ).apply(tf.data.experimental.assert_cardinality(-(-n_val // model_cfg.batch_size)))
-        validation_loss = float(model.evaluate(val_ds, verbose=0, return_dict=True)["loss"])
+        validation = partial(_validation_dataset, feat_dir, spec, model_cfg.batch_size, columns, -(-records["validation"] // model_cfg.batch_size))
+        val_ds = validation() if strategy is None else strategy.distribute_datasets_from_function(lambda context: validation())
+        validation_loss = float(trainer.evaluate(val_ds, verbose=0, return_dict=True)["loss"])
 
     report = {
-        "examples": n_train * epochs_run,
+        "workers": cluster.workers,
+        "examples": epoch_examples * epochs_run,
         "train_records": n_train,
         "epochs": model_cfg.epochs,
         "resumed_from_epoch": resumed,
@@ -172,12 +220,20 @@ def train(
 ) -> dict[str, Any]:
     """``fit_model``, then save everything to ``model_dir`` (the files: ``layout.py``), the towers
     and ``provenance.json`` stamped with the features' provenance, and return the training report
-    (also written as ``train_report.json``). The catalog's files are checked before training too."""
+    (also written as ``train_report.json``). The catalog's files are checked before training too.
+
+    Under ``TF_CONFIG`` with several workers only the chief (rank 0) saves; every other worker
+    trains with it and returns the report, writing nothing (``distribute.py``)."""
     started = time.perf_counter()
+    cluster = cluster_from_env()
     provenance = features_provenance(feat_dir)
     check_split_files(feat_dir, [CATALOG])
     model_dir = Path(model_dir)
     model, report = fit_model(feat_dir, model_cfg, progress=progress, checkpoint_dir=model_dir / CHECKPOINT_DIR)
+    if not cluster.is_chief:
+        report["wall_time_seconds"] = time.perf_counter() - started
+        progress(f"{cluster.describe()}: trained; the chief writes the model folder")
+        return report
     model_dir.mkdir(parents=True, exist_ok=True)
     prior = RetrievalPrior.of(model_cfg)
     save_model(model, model_dir, provenance=provenance, prior=prior)
@@ -188,6 +244,29 @@ def train(
     write_json_atomic(model_dir / REPORT_FILE, report)
     progress(f"saved model to {str(model_dir)!r}")
     return report
+
+
+def _worker_train_dataset(
+    feat_dir: Path, spec: FeatureSpec, cfg: ModelConfig, columns: list[str], catalog: dict[str, tf.Tensor] | None,
+    steps: int, context: tf.distribute.InputContext,
+) -> tf.data.Dataset:
+    """One worker's train batches for one epoch of ``steps`` steps under a strategy: its files
+    of the split (``context.input_pipeline_id`` of ``num_input_pipelines``), repeated, in full
+    batches of a replica's share of ``cfg.batch_size``, one per step for each of its replicas."""
+    worker, workers = context.input_pipeline_id, context.num_input_pipelines
+    ds = make_dataset(
+        feat_dir, "train", spec, batch_size=context.get_per_replica_batch_size(cfg.batch_size), shuffle=True, seed=cfg.seed,
+        columns=columns, deterministic=True, repeat=True, shard=(worker, workers),
+    )
+    if catalog is not None:
+        ds = with_sampled_negatives(ds, catalog, cfg.sampled_negatives, cfg.seed + worker)
+    return ds.take(steps * (context.num_replicas_in_sync // workers))
+
+
+def _validation_dataset(feat_dir: Path, spec: FeatureSpec, batch_size: int, columns: list[str], batches: int) -> tf.data.Dataset:
+    """The whole validation split in file order, ``batches`` batches of ``batch_size``."""
+    ds = make_dataset(feat_dir, "validation", spec, batch_size=batch_size, shuffle=False, seed=0, columns=columns)
+    return ds.apply(tf.data.experimental.assert_cardinality(batches))
 
 
 def _prepare_checkpoint(folder: Path, cfg: ModelConfig, feat_dir: Path, progress: Callable[[str], Any]) -> int:
