@@ -6,6 +6,9 @@ item_id); 5k catalog items, 200k train examples in 8 shards.
 
 Measures (each after a warm-up: the first batch, or the first call of the train function):
 - tf.data records/s: the training input pipeline (shuffle, batch, parse) iterated alone;
+- training examples/s from the same train records held in memory (``--from-memory``: the
+  input pipeline's batches cached in RAM by a full pass before training, so the trainer never
+  waits on files or parsing), and the ratio of the two rates: is input ever the bottleneck?
 - training examples/s for each optimiser kind (``twotower_model.optimizer.make_optimizer``),
   optionally again with the user vocabulary padded to ``--big-vocab`` ids (unseen ids),
   which shows what dense Adam over a large embedding table costs;
@@ -46,6 +49,7 @@ import tensorflow as tf  # noqa: E402
 
 from twotower_features.config import ModelConfig  # noqa: E402
 from twotower_features.spec import Column, FeatureSpec  # noqa: E402
+from twotower_model import train as ttrain  # noqa: E402
 from twotower_model.data import make_dataset  # noqa: E402
 from twotower_model.optimizer import OPTIMIZERS  # noqa: E402
 from twotower_model.train import fit_model  # noqa: E402
@@ -121,6 +125,12 @@ def write_data(root: Path, *, examples: int, users: int, items: int, shards: int
             }
             yield tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
+    shards_written: dict[str, list[dict]] = {}
+
+    def listed(split: str, name: str, records: int) -> None:
+        rel = f"tfrecords/{split}/{name}"
+        shards_written.setdefault(split, []).append({"path": rel, "records": records, "bytes": (root / rel).stat().st_size})
+
     def write(split: str, n: int, n_shards: int, offset: int) -> None:
         (root / "tfrecords" / split).mkdir(parents=True, exist_ok=True)
         per = -(-n // n_shards)
@@ -129,6 +139,7 @@ def write_data(root: Path, *, examples: int, users: int, items: int, shards: int
             with tf.io.TFRecordWriter(str(root / "tfrecords" / split / f"part-{s:05d}.tfrecord")) as w:
                 for rec in rows(m, offset + s * per):
                     w.write(rec)
+            listed(split, f"part-{s:05d}.tfrecord", m)
 
     write("train", examples, shards, 0)
     write("validation", max(examples // 20, 1), 1, examples)
@@ -137,7 +148,14 @@ def write_data(root: Path, *, examples: int, users: int, items: int, shards: int
         for i in range(items):
             feats = {"item_id": _b(f"i{i}"), "item_emb": _f(item_emb[i]), "item_ctr": _f(item_ctr[i]), "creator_ctr": _f(creator_ctr[i])}
             w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+    listed("catalog", "part-00000.tfrecord", items)
     write_spec(root, users)
+    # the manifest the trainer checks the files against (provenance.check_split_files)
+    manifest = {
+        "experiment": "bench_train", "created_at": "2026-07-06T00:00:00+00:00", "config_hash": "bench", "data_hash": "bench",
+        "rows": {k: sum(x["records"] for x in v) for k, v in shards_written.items()}, "shards": shards_written,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 def write_spec(root: Path, vocab_users: int) -> None:
@@ -159,6 +177,28 @@ def pipeline_records_per_s(root: Path, cfg: ModelConfig) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def fit_from_memory(root: Path, cfg: ModelConfig, optimizer: str) -> dict:
+    """``fit_model`` with the train split's batches cached in memory first: the dataset
+    ``fit_model`` builds (same files, shuffle, batches) is wrapped in ``Dataset.cache()`` and
+    iterated once before training, so every epoch reads batches from RAM."""
+    real = ttrain.make_dataset
+
+    def cached(feat_dir, split, *args, **kwargs):
+        ds = real(feat_dir, split, *args, **kwargs)
+        if split != "train":
+            return ds
+        ds = ds.cache()
+        for _ in ds:  # fill the cache: the training below never touches a file
+            pass
+        return ds
+
+    ttrain.make_dataset = cached
+    try:
+        return fit_model(root, cfg, progress=lambda s: None, optimizer=optimizer)[1]
+    finally:
+        ttrain.make_dataset = real
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--examples", type=int, default=200_000)
@@ -173,6 +213,7 @@ def main() -> None:
         "--big-vocab-optimizers", default="lazy_adam",
         help="optimisers for the --big-vocab runs (adam and adagrad run at ~0.4k and ~2k examples/s with 1M ids: use a small --examples)",
     )
+    ap.add_argument("--from-memory", type=int, default=1, help="also train from the records cached in memory (1) or not (0)")
     ap.add_argument("--data-dir", default=None, help="reuse/keep the generated data here (default: a temporary folder); "
                     "any features folder with feature_spec.json works, e.g. a `twotower features` output")
     ap.add_argument("--json", help="also write the results to this JSON file")
@@ -211,6 +252,13 @@ def main() -> None:
                     f"(ratio to tf.data {report['examples_per_second'] / results['tf_data_records_per_s']:.2f}), "
                     f"loss {report['final_loss']:.4f}, validation loss {report['validation_loss']:.4f}"
                 )
+        if args.from_memory:
+            kind = args.optimizers.split(",")[0]
+            report = fit_from_memory(root, cfg, kind)
+            results[f"train_examples_per_s_from_memory[{kind}]"] = report["examples_per_second"]
+            ratio = results[f"train_examples_per_s[{kind}]"] / report["examples_per_second"]
+            results[f"train_tfrecords_over_memory[{kind}]"] = ratio
+            print(f"training from memory, optimizer {kind}: {report['examples_per_second']:,.0f} examples/s; from TFRecords / from memory = {ratio:.2f}")
         print(json.dumps(results, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
