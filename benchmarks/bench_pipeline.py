@@ -394,7 +394,6 @@ def compare(b: Bench, cfg, paths: dict[str, str], runs: int, expected_filtered_r
         duckdb_history_checksum_sql,
         naive_spark_histories,
     )
-    from pyspark.sql import functions as F
 
     from twotower_features import filters as flt
     from twotower_features.history import compute_histories
@@ -414,11 +413,11 @@ def compare(b: Bench, cfg, paths: dict[str, str], runs: int, expected_filtered_r
     def naive_history():
         noop(naive_spark_histories(spark.read.parquet(paths["history"]), HISTORY_N, N_CLUSTERS))
 
-    def ours_filter():
+    fitted = Path(paths["filter"]).parent / "fitted"
+
+    def ours_filter():  # the prepare stage's own code: the fitted tables written and read back
         df = spark.read.parquet(paths["filter"])
-        train = F.col("split") == "train"
-        after = flt.apply_item_filter(df, flt.fit_item_filter(df.filter(train), fc))
-        noop(flt.apply_client_filter(after, flt.fit_client_filter(after.filter(train), fc, cfg.window.train_days)))
+        noop(flt.fit_and_apply(df, fc, cfg.window.train_days, str(fitted / "item_filter"), str(fitted / "client_filter"))[1])
 
     res: dict[str, list] = {k: [] for k in ("history_ours", "history_naive_spark", "history_duckdb", "filter_ours", "filter_duckdb")}
     for i in range(runs):

@@ -153,31 +153,33 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     _require_both_classes(n_train, n_pos, cfg)  # the label rule's outcome, before any filter
     # item average time spent: all valid train rows of the item, before any filter
     item_avg = train.groupBy(C.ITEM_ID).agg(F.avg(C.TIME_SPENT).alias(C.ITEM_AVG_TIME_SPENT))
-    item_filter = flt.fit_item_filter(train, cfg.filters)
     # the first write of the stage: every check that can refuse the input has passed
     io.write_json_atomic(L.path(out, L.RESOLVED_CONFIG), cfg.to_dict())
     item_avg.write.mode("overwrite").parquet(L.path(out, L.ITEM_AVG_TIME_SPENT))
-    item_filter.write.mode("overwrite").parquet(L.path(out, L.ITEM_FILTER))
-    item_filter = spark.read.parquet(L.path(out, L.ITEM_FILTER))
     item_avg = spark.read.parquet(L.path(out, L.ITEM_AVG_TIME_SPENT))
 
-    after_items = flt.apply_item_filter(df, item_filter)
-    client_filter = flt.fit_client_filter(after_items.filter(F.col(C.SPLIT) == C.TRAIN), cfg.filters, cfg.window.train_days)
-    client_filter.write.mode("overwrite").parquet(L.path(out, L.CLIENT_FILTER))
-    client_filter = spark.read.parquet(L.path(out, L.CLIENT_FILTER))
-    filtered = flt.apply_client_filter(after_items, client_filter)
+    _, filtered, item_filter, client_filter = flt.fit_and_apply(
+        df, cfg.filters, cfg.window.train_days, L.path(out, L.ITEM_FILTER), L.path(out, L.CLIENT_FILTER)
+    )
     filtered = add_weight(filtered, cfg.weight).join(item_avg, C.ITEM_ID, "left")
 
     io.write_delta(filtered, L.path(out, L.FILTERED), partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg))
     if n_bad or io.is_delta(L.path(out, L.QUARANTINE)):  # a clean rerun empties the window's quarantine rows
         io.write_delta(bad, L.path(out, L.QUARANTINE), partition_by=[C.DT], replace_where=_window_dates(cfg))
 
-    # the report: rows per split at each step, removals per rule
-    def by_split(frame: DataFrame) -> dict[str, int]:
-        return {r[C.SPLIT]: int(r["n"]) for r in frame.groupBy(C.SPLIT).agg(F.count(F.lit(1)).alias("n")).collect()}
-
+    # the report: rows per split at each step, removals per rule; one aggregation per table read
+    # (the valid rows with a flag for the item filter's verdict, the written table with its labels)
+    kept_items = flt.kept_ids(item_filter, C.ITEM_ID).withColumn("_kept", F.lit(1))
+    split_valid, split_items = {}, {}
+    for r in df.join(F.broadcast(kept_items), C.ITEM_ID, "left").groupBy(C.SPLIT).agg(
+        F.count(F.lit(1)).alias("n"), F.count("_kept").alias("kept")
+    ).collect():
+        split_valid[r[C.SPLIT]], split_items[r[C.SPLIT]] = int(r["n"]), int(r["kept"])
     out_tbl = spark.read.format("delta").load(L.path(out, L.FILTERED)).filter(window_filter(cfg.window))
-    split_valid, split_items, split_out = by_split(df), by_split(after_items), by_split(out_tbl)
+    out_counts = out_tbl.groupBy(C.SPLIT).agg(F.count(F.lit(1)).alias("n"), F.sum(C.LABEL).alias("p")).collect()
+    split_out = {r[C.SPLIT]: int(r["n"]) for r in out_counts}
+    pos = next((int(r["p"] or 0) for r in out_counts if r[C.SPLIT] == C.TRAIN), 0)
+    neg = split_out.get(C.TRAIN, 0) - pos
     rep.rows_in["valid"] = n_valid
     for s in (C.TRAIN, C.VALIDATION):
         rep.removed[f"item_filter:{s}"] = split_valid.get(s, 0) - split_items.get(s, 0)
@@ -186,7 +188,6 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     rep.facts["item_filter_rules"] = flt.removal_counts(item_filter)
     rep.facts["client_filter_rules"] = flt.removal_counts(client_filter)
     rep.facts["client_max_interactions"] = cfg.filters.client_max_interactions(cfg.window.train_days)
-    pos, neg = class_counts(out_tbl.filter(F.col(C.SPLIT) == C.TRAIN))
     log(f"[prepare] after the filters: train {rep.rows_out[C.TRAIN]:,} rows ({pos:,} positive, {neg:,} negative), validation {rep.rows_out[C.VALIDATION]:,}")
     _require_rows("prepare", rep.rows_out, cfg)
     _require_both_classes(pos + neg, pos, cfg)
