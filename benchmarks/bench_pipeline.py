@@ -417,7 +417,7 @@ def compare(b: Bench, cfg, paths: dict[str, str], runs: int, expected_filtered_r
 
     def ours_filter():  # the prepare stage's own code: the fitted tables written and read back
         df = spark.read.parquet(paths["filter"])
-        noop(flt.fit_and_apply(df, fc, cfg.window.train_days, str(fitted / "item_filter"), str(fitted / "client_filter"))[1])
+        noop(flt.fit_and_apply(df, fc, cfg.window.train_days, str(fitted / "item_filter"), str(fitted / "client_filter"))[0])
 
     res: dict[str, list] = {k: [] for k in ("history_ours", "history_naive_spark", "history_duckdb", "filter_ours", "filter_duckdb")}
     for i in range(runs):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from twotower_features import io
 from twotower_features.errors import UserError
+from twotower_model import index as I
 from twotower_model import layout as ML
 
 from .staging import staged
@@ -47,25 +48,23 @@ def run_export(
     out: str,
     *,
     kind: str = "auto",
-    exact_limit: int | None = None,
+    exact_limit: int = I.EXACT_LIMIT,
     lock_wait_s: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Write the export of ``model_dir`` (trained on ``features_dir``) to ``out``; ``spark`` is
     a factory started once the TensorFlow side is done. Returns ``export.json``'s content."""
-    from twotower_model import index as I
     from twotower_model.provenance import check_model
     from twotower_model.serving import export_identity, write_export
 
     out_p = check_export_output(out, model_dir, features_dir)
-    I.choose_kind(0, I.EXACT_LIMIT if exact_limit is None else exact_limit, kind)  # a bad choice fails before any work
+    I.choose_kind(0, exact_limit, kind)  # a bad choice fails before any work
     check_model(model_dir, features_dir)
     export_identity(model_dir)  # the model folder is whole
     with staged(out_p, drop=EXPORT_FILES, lock_wait_s=lock_wait_s, log=log) as build:
         users = build / USERS_PARQUET
         manifest = write_export(
-            model_dir, features_dir, build, kind=kind, exact_limit=I.EXACT_LIMIT if exact_limit is None else exact_limit,
-            users_file=users, progress=log,
+            model_dir, features_dir, build, kind=kind, exact_limit=exact_limit, users_file=users, progress=log,
         )
         log(f"writing the Delta table {ML.USER_EMBEDDINGS_TABLE}/ ({manifest['users']:,} users)")
         session = spark()

@@ -60,13 +60,13 @@ def apply_client_filter(df: DataFrame, client_filter: DataFrame) -> DataFrame:
     return df.join(kept_ids(client_filter, C.USER_ID), C.USER_ID, "left_semi")
 
 
-def fit_and_apply(df: DataFrame, cfg: FilterConfig, train_days: int, item_path: str, client_path: str) -> tuple[DataFrame, DataFrame, DataFrame, DataFrame]:
+def fit_and_apply(df: DataFrame, cfg: FilterConfig, train_days: int, item_path: str, client_path: str) -> tuple[DataFrame, DataFrame, DataFrame]:
     """Stage 2 as the prepare stage runs it: the item filter fitted on ``df``'s train rows,
     written to ``item_path`` and applied as read back; then the client filter, fitted on the
     train rows left, likewise with ``client_path``. Read back from files, a fitted table is a
     small relation of known size, so Spark broadcasts it into the semi-join when it is under
-    ``spark.sql.autoBroadcastJoinThreshold`` (a shuffle join above). Returns (rows after the
-    item filter, rows after both, item filter, client filter), the filters as read back."""
+    ``spark.sql.autoBroadcastJoinThreshold`` (a shuffle join above). Returns (rows kept by both,
+    item filter, client filter), the filters as read back."""
     read = df.sparkSession.read
     train = F.col(C.SPLIT) == C.TRAIN
     fit_item_filter(df.filter(train), cfg).write.mode("overwrite").parquet(item_path)
@@ -74,7 +74,7 @@ def fit_and_apply(df: DataFrame, cfg: FilterConfig, train_days: int, item_path: 
     after_items = apply_item_filter(df, item_filter)
     fit_client_filter(after_items.filter(train), cfg, train_days).write.mode("overwrite").parquet(client_path)
     client_filter = read.parquet(client_path)
-    return after_items, apply_client_filter(after_items, client_filter), item_filter, client_filter
+    return apply_client_filter(after_items, client_filter), item_filter, client_filter
 
 
 def removal_counts(fitted: DataFrame) -> dict[str, dict[str, int]]:

@@ -239,6 +239,15 @@ def write_parquet_atomic(path: str | Path, table: pa.Table) -> Path:
     return path
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in blocks of 16 MiB."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def ship_file(spark: SparkSession, path: str) -> str:
     """``SparkContext.addFile`` a copy of ``path`` named after its content; return the copy's path.
 
@@ -248,11 +257,7 @@ def ship_file(spark: SparkSession, path: str) -> str:
     copy lives in the session's temporary folder, deleted when the session stops.
     """
     src = Path(path)
-    h = hashlib.sha256()
-    with open(src, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    shipped = Path(spark.sparkContext._temp_dir) / f"{src.stem}-{h.hexdigest()[:16]}{src.suffix}"
+    shipped = Path(spark.sparkContext._temp_dir) / f"{src.stem}-{file_sha256(src)[:16]}{src.suffix}"
     if not shipped.exists():
         tmp = shipped.with_name(f".{shipped.name}.{uuid.uuid4().hex[:8]}")
         shutil.copyfile(src, tmp)

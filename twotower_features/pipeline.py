@@ -158,7 +158,7 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     item_avg.write.mode("overwrite").parquet(L.path(out, L.ITEM_AVG_TIME_SPENT))
     item_avg = spark.read.parquet(L.path(out, L.ITEM_AVG_TIME_SPENT))
 
-    _, filtered, item_filter, client_filter = flt.fit_and_apply(
+    filtered, item_filter, client_filter = flt.fit_and_apply(
         df, cfg.filters, cfg.window.train_days, L.path(out, L.ITEM_FILTER), L.path(out, L.CLIENT_FILTER)
     )
     filtered = add_weight(filtered, cfg.weight).join(item_avg, C.ITEM_ID, "left")

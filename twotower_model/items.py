@@ -146,12 +146,16 @@ def _resolved_config(features_dir: str | Path) -> ExperimentConfig | None:
 
 
 # ---- the model's item embeddings ------------------------------------------------------------
+def vector_column(vectors: np.ndarray) -> pa.ListArray:
+    """A ``(rows, dim)`` matrix as an Arrow list<float> column, one list per row."""
+    dim = vectors.shape[1] if vectors.ndim == 2 else 0
+    return pa.ListArray.from_arrays(pa.array(np.arange(vectors.shape[0] + 1, dtype=np.int32) * dim), pa.array(vectors.reshape(-1), pa.float32()))
+
+
 def item_embeddings_table(item_ids: np.ndarray, vectors: np.ndarray) -> pa.Table:
     """``item_embeddings.parquet`` as an Arrow table: ``item_id`` (string) and ``embedding``
     (list<float>), one row per item; ``vectors`` is ``(n_items, dim)``."""
-    dim = vectors.shape[1] if vectors.ndim == 2 else 0
-    emb = pa.ListArray.from_arrays(pa.array(np.arange(len(item_ids) + 1, dtype=np.int32) * dim), pa.array(vectors.reshape(-1), pa.float32()))
-    return pa.table({C.ITEM_ID: pa.array(np.asarray(item_ids, dtype=object).tolist(), pa.string()), EMBEDDING: emb})
+    return pa.table({C.ITEM_ID: pa.array(np.asarray(item_ids, dtype=object).tolist(), pa.string()), EMBEDDING: vector_column(vectors)})
 
 
 def read_item_embeddings(model_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -33,11 +33,11 @@ import pyarrow.parquet as pq
 
 from twotower_features import columns as C
 from twotower_features.errors import UserError
-from twotower_features.io import write_json_atomic
+from twotower_features.io import file_sha256, write_json_atomic
 from twotower_features.spec import FeatureSpec
 
 from . import index as I
-from .items import read_item_embeddings
+from .items import read_item_embeddings, vector_column
 from .layout import (
     CONFIG_FILE,
     EMBEDDING,
@@ -60,14 +60,6 @@ class ExportMismatchError(UserError):
     """An export folder was not made from the model folder it is loaded with."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def export_identity(model_dir: str | Path) -> dict[str, Any]:
     """The facts an export must share with the model folder it serves."""
     model_dir = Path(model_dir)
@@ -76,8 +68,8 @@ def export_identity(model_dir: str | Path) -> dict[str, Any]:
             raise FileNotFoundError(f"no {name} in {str(model_dir)!r}: run `twotower train` first")
     features = read_model_provenance(model_dir)
     identity = {k: features.get(k) for k in COMPARED}
-    identity["model_config_sha256"] = _sha256(model_dir / CONFIG_FILE)
-    identity["item_embeddings_sha256"] = _sha256(model_dir / ITEM_EMBEDDINGS_FILE)
+    identity["model_config_sha256"] = file_sha256(model_dir / CONFIG_FILE)
+    identity["item_embeddings_sha256"] = file_sha256(model_dir / ITEM_EMBEDDINGS_FILE)
     identity["retrieval_prior"] = model_prior(model_dir).as_dict()
     identity[EXPORT_ID] = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return identity
@@ -101,11 +93,10 @@ def user_table(users: np.ndarray, vectors: np.ndarray, as_of: np.ndarray, identi
     """The user embeddings as Arrow: ``user_id``, ``embedding`` (list<float>), ``as_of``
     (timestamp, UTC; ``as_of`` holds the records' ``event_ts``, microseconds since the epoch), ``validation_date`` (string), and ``export_id``, ``config_hash``,
     ``feature_spec_version`` on every row."""
-    n, dim = vectors.shape
-    emb = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * dim), pa.array(vectors.reshape(-1), pa.float32()))
+    n = vectors.shape[0]
     cols: dict[str, Any] = {
         C.USER_ID: pa.array(np.asarray(users, dtype=object).tolist(), pa.string()),
-        EMBEDDING: emb,
+        EMBEDDING: vector_column(vectors),
         AS_OF: pa.array(np.asarray(as_of, dtype=np.int64), pa.timestamp("us", tz="UTC")),  # event_ts: µs since the epoch
         "validation_date": pa.array([validation_date] * n, pa.string()),
         EXPORT_ID: pa.array([identity[EXPORT_ID]] * n, pa.string()),
@@ -139,7 +130,7 @@ def write_export(
     check_model(model_dir, features_dir)
     records = check_split_files(features_dir, ["validation"], spec)["validation"]
     identity = export_identity(model_dir)
-    kind = I.choose_kind(0, exact_limit, kind) if kind != "auto" else kind  # validate before any work
+    I.choose_kind(0, exact_limit, kind)  # the kind and the limit, refused before any work
     out.mkdir(parents=True, exist_ok=True)
 
     item_ids, vectors = read_item_embeddings(model_dir)
@@ -166,7 +157,7 @@ def write_export(
         "identity": identity,
         "model_dir": str(model_dir.resolve()),
         "features_dir": str(features_dir.resolve()),
-        "index": {**I.index_params(idx), "exact_limit": exact_limit, "build_seconds": build_s, "sha256": _sha256(out / INDEX_FILE)},
+        "index": {**I.index_params(idx), "exact_limit": exact_limit, "build_seconds": build_s, "sha256": file_sha256(out / INDEX_FILE)},
         "items": len(item_ids),
         "users": len(chosen),
         "validation_date": validation_date,
@@ -211,7 +202,7 @@ def check_export(export_dir: str | Path, model_dir: str | Path) -> dict[str, Any
             f"run `twotower export --model {model_dir} --out {export_dir}` again"
         )
     index_file = Path(export_dir) / INDEX_FILE
-    if not index_file.is_file() or _sha256(index_file) != manifest["index"]["sha256"]:
+    if not index_file.is_file() or file_sha256(index_file) != manifest["index"]["sha256"]:
         raise ExportMismatchError(
             f"{str(index_file)!r} is missing or is not the index {EXPORT_MANIFEST} describes: run `twotower export --out {export_dir}` again"
         )
