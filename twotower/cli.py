@@ -185,13 +185,15 @@ for _stage in S.STAGES:
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Folder for the trained towers.")
 @click.option("--config", "config", default=None, help="Config whose [model] section to use (default: the one saved with the features).")
 @click.option("--epochs", default=None, type=click.IntRange(1), help="Override model.epochs.")
-def train(features_dir, model_dir, config, epochs):
+@click.option("--memory-cache-mb", default=None, type=click.IntRange(0),
+              help="A train split whose TFRecords take at most this many MiB (default 2048) is parsed once and trained on from memory; 0: always stream.")
+def train(features_dir, model_dir, config, epochs, memory_cache_mb):
     """Train the two towers on CPU (or GPU) from feature_spec.json and the TFRecords."""
     from twotower_model.train import train as run
 
     cfg = load_config(config) if config else _saved_config(features_dir)
     model_cfg = cfg.model if epochs is None else dataclasses.replace(cfg.model, epochs=epochs)
-    report = run(features_dir, model_dir, model_cfg, progress=click.echo)
+    report = run(features_dir, model_dir, model_cfg, progress=click.echo, memory_cache_bytes=None if memory_cache_mb is None else memory_cache_mb << 20)
     click.echo(json.dumps({k: v for k, v in report.items() if not isinstance(v, (list, dict))}, indent=2, default=str))
 
 

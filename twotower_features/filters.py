@@ -20,9 +20,13 @@ CLIENT_RULES = ("client_min_interactions", "client_max_interactions", "client_mi
 
 def fit_item_filter(train: DataFrame, cfg: FilterConfig) -> DataFrame:
     """item_id, n, keep, rule: items with >= item_min_interactions valid train rows are kept."""
+    return item_filter_from_counts(train.groupBy(C.ITEM_ID).agg(F.count(F.lit(1)).alias("n")), cfg)
+
+
+def item_filter_from_counts(counts: DataFrame, cfg: FilterConfig) -> DataFrame:
+    """``fit_item_filter`` from the train rows counted per item already (item_id, n)."""
     return (
-        train.groupBy(C.ITEM_ID)
-        .agg(F.count(F.lit(1)).alias("n"))
+        counts.select(C.ITEM_ID, "n")
         .withColumn("keep", F.col("n") >= cfg.item_min_interactions)
         .withColumn("rule", F.when(~F.col("keep"), F.lit(ITEM_BELOW_MIN)))
     )
@@ -60,16 +64,20 @@ def apply_client_filter(df: DataFrame, client_filter: DataFrame) -> DataFrame:
     return df.join(kept_ids(client_filter, C.USER_ID), C.USER_ID, "left_semi")
 
 
-def fit_and_apply(df: DataFrame, cfg: FilterConfig, train_days: int, item_path: str, client_path: str) -> tuple[DataFrame, DataFrame, DataFrame]:
+def fit_and_apply(
+    df: DataFrame, cfg: FilterConfig, train_days: int, item_path: str, client_path: str, item_counts: DataFrame | None = None,
+) -> tuple[DataFrame, DataFrame, DataFrame]:
     """Stage 2 as the prepare stage runs it: the item filter fitted on ``df``'s train rows,
     written to ``item_path`` and applied as read back; then the client filter, fitted on the
     train rows left, likewise with ``client_path``. Read back from files, a fitted table is a
     small relation of known size, so Spark broadcasts it into the semi-join when it is under
     ``spark.sql.autoBroadcastJoinThreshold`` (a shuffle join above). Returns (rows kept by both,
-    item filter, client filter), the filters as read back."""
+    item filter, client filter), the filters as read back. ``item_counts`` (item_id, n: ``df``'s
+    train rows per item), when the caller has them, saves the item filter's pass over ``df``."""
     read = df.sparkSession.read
     train = F.col(C.SPLIT) == C.TRAIN
-    fit_item_filter(df.filter(train), cfg).write.mode("overwrite").parquet(item_path)
+    fitted = fit_item_filter(df.filter(train), cfg) if item_counts is None else item_filter_from_counts(item_counts, cfg)
+    fitted.write.mode("overwrite").parquet(item_path)
     item_filter = read.parquet(item_path)
     after_items = apply_item_filter(df, item_filter)
     fit_client_filter(after_items.filter(train), cfg, train_days).write.mode("overwrite").parquet(client_path)

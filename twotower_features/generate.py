@@ -62,6 +62,8 @@ from .errors import UserError
 # ---- model constants ---------------------------------------------------------------------
 USER_BLOCK = 256
 ITEM_BLOCK = 2048
+# events per generated partition (each task generates and persists its partition whole)
+EVENTS_PER_PARTITION = 250_000
 ACTIVITY_BINS = 8  # activity_profile: share of a user's views per 3-hour bin of the day
 HANDSET_MAKERS = ("apple", "samsung", "xiaomi", "oppo", "vivo", "google", "motorola")
 HANDSET_SHARES = (0.30, 0.26, 0.14, 0.10, 0.08, 0.05, 0.07)
@@ -718,10 +720,11 @@ def generate(
     rows["users"] = write(users_df, "users", p.users)
     roles_bc.unpersist()
 
-    # interactions: generated once, persisted, then written as several tables
+    # interactions: generated once, persisted on disk (cached in the heap, 50M events overran a
+    # 4g driver's heap in local mode), then written as several tables
     events_bc = sc.broadcast(world["events"])
     expected = p.users * p.days * p.events_per_user_day + p.role_counts()[ROLE_HEAVY] * p.days * HEAVY_EVENTS_PER_DAY
-    n_parts = min(p.n_user_blocks, max(parallelism, math.ceil(expected / 1_000_000)))
+    n_parts = min(p.n_user_blocks, max(parallelism, math.ceil(expected / EVENTS_PER_PARTITION)))
     raw = spark.range(0, p.n_user_blocks, 1, n_parts).mapInArrow(partial(_event_batches, p, events_bc), _EVENT_DDL)
     label1 = F.expr(RULE_1)
     raw = raw.select(
@@ -738,7 +741,7 @@ def generate(
         "kind",
         "role",
         "same_instant",
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    ).persist(StorageLevel.DISK_ONLY)
     try:
         sc.setJobDescription("generate: interactions")
         summary = raw.groupBy("kind", "role").agg(

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType
 
 from . import columns as C
 from . import filters as flt
@@ -64,6 +66,8 @@ from .validate import (
 from .window import assign_split, window_filter
 
 MAX_FIT_ITEMS = 200_000
+# the statistics tables joined as of the day before: (table, key, column prefix)
+STATS_TABLES = (("user_stats", C.USER_ID, "user"), ("item_stats", C.ITEM_ID, "item"), ("creator_stats", C.CREATOR_ID, "creator"))
 
 
 class StageError(UserError):
@@ -147,19 +151,21 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
 
     # the label rule against the table's columns and types, before the first write
     df = add_label(assign_split(valid, cfg.window), cfg.label)
-    train = df.filter(F.col(C.SPLIT) == C.TRAIN)
-    labelled = train.agg(F.count(F.lit(1)).alias("n"), F.sum(C.LABEL).alias("p")).collect()[0]
-    n_train, n_pos = int(labelled["n"]), int(labelled["p"] or 0)
+    # one pass over the valid train rows per item: the item's average time spent (all valid train
+    # rows of the item, before any filter), its row count (the item filter's) and its positives
+    per_item = df.filter(F.col(C.SPLIT) == C.TRAIN).groupBy(C.ITEM_ID).agg(
+        F.avg(C.TIME_SPENT).alias(C.ITEM_AVG_TIME_SPENT), F.count(F.lit(1)).alias("n"), F.sum(C.LABEL).alias("p")
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    labelled = per_item.agg(F.sum("n").alias("n"), F.sum("p").alias("p")).collect()[0]
+    n_train, n_pos = int(labelled["n"] or 0), int(labelled["p"] or 0)
     _require_both_classes(n_train, n_pos, cfg)  # the label rule's outcome, before any filter
-    # item average time spent: all valid train rows of the item, before any filter
-    item_avg = train.groupBy(C.ITEM_ID).agg(F.avg(C.TIME_SPENT).alias(C.ITEM_AVG_TIME_SPENT))
     # the first write of the stage: every check that can refuse the input has passed
     io.write_json_atomic(L.path(out, L.RESOLVED_CONFIG), cfg.to_dict())
-    item_avg.write.mode("overwrite").parquet(L.path(out, L.ITEM_AVG_TIME_SPENT))
+    per_item.select(C.ITEM_ID, C.ITEM_AVG_TIME_SPENT).write.mode("overwrite").parquet(L.path(out, L.ITEM_AVG_TIME_SPENT))
     item_avg = spark.read.parquet(L.path(out, L.ITEM_AVG_TIME_SPENT))
 
     filtered, item_filter, client_filter = flt.fit_and_apply(
-        df, cfg.filters, cfg.window.train_days, L.path(out, L.ITEM_FILTER), L.path(out, L.CLIENT_FILTER)
+        df, cfg.filters, cfg.window.train_days, L.path(out, L.ITEM_FILTER), L.path(out, L.CLIENT_FILTER), item_counts=per_item
     )
     filtered = add_weight(filtered, cfg.weight).join(item_avg, C.ITEM_ID, "left")
 
@@ -195,6 +201,7 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     rep.facts["window"] = f"train {cfg.window.train_start}..{cfg.window.train_end}, validation {cfg.window.validation_date}"
     valid.unpersist()
     bad.unpersist()
+    per_item.unpersist()
     return _save_report(out, rep, log)
 
 
@@ -305,32 +312,36 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     )
 
     # statistics as of the day before, normalised with train statistics
-    stat_cols: list[str] = []
-    for table, key, prefix in (("user_stats", C.USER_ID, "user"), ("item_stats", C.ITEM_ID, "item")):
-        st = _stats_as_of_previous_day(spark, input_dir, table, key, prefix, cfg)
-        if st is not None:
-            examples = examples.join(st, [key, C.DT], "left")
-            stat_cols += [c for c in st.columns if c not in (key, C.DT)]
-    item_cols = [c for c in items.columns if c not in ("item_idx",)]
-    examples = examples.join(items.select(*item_cols), C.ITEM_ID, "left")
-    st = _stats_as_of_previous_day(spark, input_dir, "creator_stats", C.CREATOR_ID, "creator", cfg)
-    if st is not None:
-        examples = examples.join(st, [C.CREATOR_ID, C.DT], "left")
-        stat_cols += [c for c in st.columns if c not in (C.CREATOR_ID, C.DT)]
+    stats = {table: _stats_as_of_previous_day(spark, input_dir, table, key, prefix, cfg) for table, key, prefix in STATS_TABLES}
+    stat_cols = [c for st in stats.values() if st is not None for c in st.columns if c not in (C.USER_ID, C.ITEM_ID, C.CREATOR_ID, C.DT)]
     users = io.read_table(spark, io.table_path(input_dir, "users"), required=False)
     if users is not None:
-        users = check_schema(users, USER_SCHEMA, "users")
-        examples = examples.join(users.select(C.USER_ID, C.HANDSET_MAKER, C.ACTIVITY_PROFILE), C.USER_ID, "left")
+        users = check_schema(users, USER_SCHEMA, "users").select(C.USER_ID, C.HANDSET_MAKER, C.ACTIVITY_PROFILE)
+
+    def joined(item_part: DataFrame) -> DataFrame:
+        """``examples`` with the statistics, ``item_part``'s columns and the users' joined."""
+        df = examples
+        for table, key in (("user_stats", C.USER_ID), ("item_stats", C.ITEM_ID)):
+            if stats[table] is not None:
+                df = df.join(stats[table], [key, C.DT], "left")
+        df = df.join(item_part, C.ITEM_ID, "left")
+        if stats["creator_stats"] is not None:
+            df = df.join(stats["creator_stats"], [C.CREATOR_ID, C.DT], "left")
+        return df if users is None else df.join(users, C.USER_ID, "left")
+
+    item_cols = [c for c in items.columns if c not in ("item_idx",)]
     perf_cols = sorted(c for c in items.columns if c.startswith((C.ITEM_PERFORMANCE_PREFIX, C.CREATOR_PERFORMANCE_PREFIX)))
-    norm = _zscore_fit(examples.filter(F.col(C.SPLIT) == C.TRAIN), stat_cols + perf_cols)
+    full = joined(items.select(*item_cols))
+    norm = _zscore_fit(full.filter(F.col(C.SPLIT) == C.TRAIN), stat_cols + perf_cols)
     io.write_json_atomic(L.path(out, L.NORMALISATION), norm)
-    examples = _zscore_apply(examples, norm)
-    examples = _performance_vectors(examples)
-    if C.ITEM_EMB in cfg.features.item:
-        examples = examples.withColumn(C.ITEM_EMB, F.col(f"{cfg.embeddings.item_source}_pca"))
+
+    def finished(df: DataFrame) -> DataFrame:
+        df = _performance_vectors(_zscore_apply(df, norm))
+        return df.withColumn(C.ITEM_EMB, F.col(f"{cfg.embeddings.item_source}_pca")) if C.ITEM_EMB in cfg.features.item else df
 
     # histories add columns row for row (event keys are unique), so they are joined last: the
     # counts and the normalisation fit above do not compute them again
+    hist = None
     aggs = cfg.history.aggregations
     if aggs or cfg.history.keep_lists:
         hist_users = sampled.select(C.USER_ID).distinct()
@@ -345,7 +356,16 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
             emb_dim=cfg.embeddings.pca_components, n_clusters=cfg.embeddings.kmeans_k, matrix_file=matrix,
         )
         hist = compute_histories(events, params)
-        examples = examples.join(hist, [C.USER_ID, C.ITEM_ID, C.EVENT_TS], "left")
+    with_hist = (lambda df: df) if hist is None else (lambda df: df.join(hist, [C.USER_ID, C.ITEM_ID, C.EVENT_TS], "left"))
+    # the table's columns, in their order: the examples with every item column, then the histories
+    table_columns = with_hist(finished(full)).columns
+    # what is written: the item vectors (array columns) are joined after the shuffles of the
+    # creator, user and history joins, which then move rows without them; the same rows
+    vectors = [f.name for f in items.schema if isinstance(f.dataType, ArrayType) and f.name in item_cols]
+    examples = with_hist(joined(items.select(*[c for c in item_cols if c not in vectors])))
+    if vectors:
+        examples = examples.join(items.select(C.ITEM_ID, *vectors), C.ITEM_ID, "left")
+    examples = finished(examples).select(*table_columns)
 
     io.write_delta(examples, L.path(out, L.EXAMPLES), partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg))
     written = spark.read.format("delta").load(L.path(out, L.EXAMPLES)).filter(window_filter(cfg.window))

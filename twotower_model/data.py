@@ -3,6 +3,11 @@
 The pipeline is the one the tf.data performance guide recommends for many small records:
 list the shards, interleave the files, shuffle records, batch *before* parsing (one vectorised
 ``tf.io.parse_example`` per batch instead of one parse per record), prefetch.
+
+``in_memory`` parses a split once into one tensor per column and then runs the same file
+shuffle, interleave, record shuffle and batching over record *positions*, gathering each batch
+from the table: the batches are the streamed pipeline's, record for record, and epochs after
+the first cost no read or parse (``cache_fits`` decides when a split is small enough).
 """
 from __future__ import annotations
 
@@ -96,6 +101,7 @@ def make_dataset(
     deterministic: bool | None = None,
     shuffle_buffer: int = 10_000,
     shard: tuple[int, int] | None = None,
+    in_memory: bool = False,
 ) -> tf.data.Dataset:
     """Batches of parsed records of ``split`` as dicts ``column name -> tensor [batch, *shape]``.
 
@@ -106,7 +112,8 @@ def make_dataset(
     fixes the interleave order, so that with a ``seed`` the order is reproducible too, at a
     small cost in throughput. ``repeat`` repeats the records before batching: every batch is
     full. ``shard = (index, count)`` reads only worker ``index``'s files of ``count`` workers
-    (``shard_files``).
+    (``shard_files``). ``in_memory`` parses the records once, here, and serves the same
+    batches from memory (see the module's docstring).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -124,27 +131,58 @@ def make_dataset(
     if shard is not None:
         files = shard_files(files, shard, split)
 
-    ds = tf.data.Dataset.from_tensor_slices(files)
+    if in_memory:  # the files' records parsed once; each file is then its span of positions
+        table, counts = _parse_files(files, description)
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(starts, tf.int64), tf.constant(counts, tf.int64)))
+        open_file = lambda start, count: tf.data.Dataset.range(start, start + count)  # noqa: E731
+        parse = lambda positions: {c: tf.gather(t, positions) for c, t in table.items()}  # noqa: E731
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        open_file = tf.data.TFRecordDataset
+        parse = lambda records: tf.io.parse_example(records, description)  # noqa: E731
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(files), 8) if shuffle else 1,
-        block_length=16,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic,
-    )
+    # positions interleave in order without threads (a deterministic parallel interleave
+    # yields the same order; for files, the reads overlap)
+    parallel = {} if in_memory else {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": deterministic}
+    ds = ds.interleave(open_file, cycle_length=min(len(files), 8) if shuffle else 1, block_length=16, **parallel)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size)
-    ds = ds.map(
-        lambda records: tf.io.parse_example(records, description),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic,
-    )
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _parse_files(files: list[str], description: dict[str, tf.io.FixedLenFeature]) -> tuple[dict[str, tf.Tensor], list[int]]:
+    """Every record of ``files``, in file then record order, as one tensor per column; and
+    each file's record count."""
+    empty = tf.io.parse_example(tf.constant([], tf.string), description)  # the columns' shapes, should no file hold a record
+    parts: dict[str, list[tf.Tensor]] = {c: [empty[c]] for c in description}
+    counts = []
+    for f in files:
+        n = 0
+        for batch in tf.data.TFRecordDataset(f).batch(65_536).map(
+            lambda records: tf.io.parse_example(records, description), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        ):
+            for c in parts:
+                parts[c].append(batch[c])
+            n += int(next(iter(batch.values())).shape[0])
+        counts.append(n)
+    return {c: tf.concat(v, axis=0) for c, v in parts.items()}, counts
+
+
+# the default of ``twotower train --memory-cache-mb``: a train split whose files take at most
+# this many bytes is parsed once and trained on from memory (``make_dataset(in_memory=True)``);
+# the parsed columns take about as much memory as the files take disk
+MEMORY_CACHE_BYTES = 2 << 30
+
+
+def cache_fits(feat_dir: str | Path, split: str, spec: FeatureSpec, limit: int) -> bool:
+    """Whether ``split``'s files take at most ``limit`` bytes (``make_dataset``'s ``in_memory``)."""
+    return sum(Path(f).stat().st_size for f in split_files(feat_dir, split, spec)) <= limit
 
 
 def count_records(feat_dir: str | Path, split: str, spec: FeatureSpec) -> int:

@@ -37,7 +37,9 @@ from twotower_features.spec import FeatureSpec
 from . import export
 from .data import (
     CATALOG,
+    MEMORY_CACHE_BYTES,
     SPLITS_KEY,
+    cache_fits,
     item_id_column,
     make_dataset,
     read_split,
@@ -82,6 +84,7 @@ def fit_model(
     progress: Callable[[str], Any] = print,
     optimizer: str = "lazy_adam",
     checkpoint_dir: str | Path | None = None,
+    memory_cache_bytes: int | None = None,
 ) -> tuple[TwoTowerModel, dict[str, Any]]:
     """Build the model from the feature spec and train it on the ``train`` split for
     ``model_cfg.epochs`` epochs; returns the model and the training report (nothing is saved).
@@ -96,6 +99,10 @@ def fit_model(
 
     Deterministic given ``model_cfg.seed`` on CPU: the seed fixes the initial weights, the
     file and record shuffles, and the interleave order. ``optimizer``: see ``make_optimizer``.
+    A train split whose files take at most ``memory_cache_bytes`` (default
+    ``data.MEMORY_CACHE_BYTES``) is parsed once before the first epoch and served from memory,
+    in the same batches as streamed (``make_dataset(in_memory=True)``); the report's
+    ``train_load_seconds`` is that parse, outside ``examples_per_second``.
 
     With ``TF_CONFIG`` naming more than one worker (``distribute.cluster_from_env``): before
     TensorFlow runs anything, every worker checks that ``batch_size`` splits evenly between the
@@ -147,11 +154,14 @@ def fit_model(
         raise ValueError(f"split 'train' in {str(feat_dir)!r} has no records")
     columns = _training_columns(spec, model)
     steps = -(-n_train // model_cfg.batch_size)
+    memory_cache_bytes = MEMORY_CACHE_BYTES if memory_cache_bytes is None else memory_cache_bytes
+    in_memory = cache_fits(feat_dir, "train", spec, memory_cache_bytes)
+    loading = time.perf_counter()
     if strategy is None:
         epoch_examples = n_train
         train_ds = make_dataset(
             feat_dir, "train", spec, batch_size=model_cfg.batch_size, shuffle=True, seed=model_cfg.seed,
-            columns=columns, deterministic=True,
+            columns=columns, deterministic=True, in_memory=in_memory,
         )
         if catalog is not None:  # mixed negative sampling: uniform catalog items join each batch
             train_ds = with_sampled_negatives(train_ds, catalog, model_cfg.sampled_negatives, model_cfg.seed)
@@ -159,8 +169,11 @@ def fit_model(
     else:
         epoch_examples = steps * model_cfg.batch_size
         train_ds = strategy.distribute_datasets_from_function(
-            partial(_worker_train_dataset, feat_dir, spec, model_cfg, columns, catalog, steps)
+            partial(_worker_train_dataset, feat_dir, spec, model_cfg, columns, catalog, steps, in_memory)
         )
+    load_seconds = time.perf_counter() - loading
+    if in_memory:
+        progress(f"parsed the train split into memory in {load_seconds:.1f} s: epochs read no file (files over {memory_cache_bytes >> 20} MiB stream)")
     timer = _Throughput()
     callbacks: list[keras.callbacks.Callback] = [timer, _EpochProgress(progress, model_cfg.epochs)]
     resumed = 0
@@ -196,6 +209,8 @@ def fit_model(
         "examples_per_second": examples_per_s,
         "examples_per_second_includes_warmup": includes_warmup,
         "train_loop_seconds": timer.total_seconds,
+        "train_in_memory": in_memory,
+        "train_load_seconds": load_seconds,
         "loss_per_epoch": losses,
         "final_loss": losses[-1] if losses else None,
         "validation_loss": validation_loss,
@@ -217,6 +232,7 @@ def train(
     model_cfg: ModelConfig,
     *,
     progress: Callable[[str], Any] = print,
+    memory_cache_bytes: int | None = None,
 ) -> dict[str, Any]:
     """``fit_model``, then save everything to ``model_dir`` (the files: ``layout.py``), the towers
     and ``provenance.json`` stamped with the features' provenance, and return the training report
@@ -229,7 +245,7 @@ def train(
     provenance = features_provenance(feat_dir)
     check_split_files(feat_dir, [CATALOG])
     model_dir = Path(model_dir)
-    model, report = fit_model(feat_dir, model_cfg, progress=progress, checkpoint_dir=model_dir / CHECKPOINT_DIR)
+    model, report = fit_model(feat_dir, model_cfg, progress=progress, checkpoint_dir=model_dir / CHECKPOINT_DIR, memory_cache_bytes=memory_cache_bytes)
     if not cluster.is_chief:
         report["wall_time_seconds"] = time.perf_counter() - started
         progress(f"{cluster.describe()}: trained; the chief writes the model folder")
@@ -248,7 +264,7 @@ def train(
 
 def _worker_train_dataset(
     feat_dir: Path, spec: FeatureSpec, cfg: ModelConfig, columns: list[str], catalog: dict[str, tf.Tensor] | None,
-    steps: int, context: tf.distribute.InputContext,
+    steps: int, in_memory: bool, context: tf.distribute.InputContext,
 ) -> tf.data.Dataset:
     """One worker's train batches for one epoch of ``steps`` steps under a strategy: its files
     of the split (``context.input_pipeline_id`` of ``num_input_pipelines``), repeated, in full
@@ -256,7 +272,7 @@ def _worker_train_dataset(
     worker, workers = context.input_pipeline_id, context.num_input_pipelines
     ds = make_dataset(
         feat_dir, "train", spec, batch_size=context.get_per_replica_batch_size(cfg.batch_size), shuffle=True, seed=cfg.seed,
-        columns=columns, deterministic=True, repeat=True, shard=(worker, workers),
+        columns=columns, deterministic=True, repeat=True, shard=(worker, workers), in_memory=in_memory,
     )
     if catalog is not None:
         ds = with_sampled_negatives(ds, catalog, cfg.sampled_negatives, cfg.seed + worker)

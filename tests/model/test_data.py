@@ -60,6 +60,41 @@ def test_shuffled_dataset_is_a_permutation_and_reproducible(feat):
     np.testing.assert_array_equal(np.sort(first), np.sort(written["train"]["event_ts"]))
 
 
+@pytest.mark.parametrize("repeat, shard", [(False, None), (True, (1, 2))])
+def test_in_memory_batches_are_the_streamed_batches(feat, repeat, shard):
+    """The split parsed once and served by position gives the streamed pipeline's batches,
+    record for record, epoch after epoch (each epoch reshuffled alike), also repeated over one
+    worker's files. (Repeated, only the first pass is compared: a pass cut short by ``take``
+    leaves prefetching that may already have drawn the next reshuffle's seed, in either
+    pipeline.)"""
+    root, _ = feat
+    spec = FeatureSpec.load(root)
+
+    def epochs(in_memory):
+        ds = tdata.make_dataset(root, "train", spec, batch_size=64, shuffle=True, seed=3, deterministic=True,
+                                repeat=repeat, shard=shard, in_memory=in_memory)
+        return [[{k: v.numpy() for k, v in b.items()} for b in (ds.take(12) if repeat else ds)] for _ in range(1 if repeat else 3)]
+
+    streamed, cached = epochs(False), epochs(True)
+    assert [len(e) for e in cached] == [len(e) for e in streamed] and len(streamed[0]) >= 10
+    for s_epoch, c_epoch in zip(streamed, cached):
+        for s_batch, c_batch in zip(s_epoch, c_epoch):
+            assert sorted(c_batch) == sorted(s_batch)
+            for k in s_batch:
+                assert c_batch[k].dtype == s_batch[k].dtype, k
+                np.testing.assert_array_equal(c_batch[k], s_batch[k], err_msg=k)
+    if not repeat:
+        assert not np.array_equal(streamed[0][0]["event_ts"], streamed[1][0]["event_ts"])  # epochs are reshuffled
+
+
+def test_cache_fits_compares_the_split_files_bytes(feat):
+    root, _ = feat
+    spec = FeatureSpec.load(root)
+    size = sum(p.stat().st_size for p in (root / "tfrecords" / "train").glob("*.tfrecord"))
+    assert size > 0
+    assert tdata.cache_fits(root, "train", spec, size) and not tdata.cache_fits(root, "train", spec, size - 1)
+
+
 def test_unknown_split_is_named(feat):
     root, _ = feat
     with pytest.raises(ValueError, match="'test'.*expected one of"):

@@ -89,3 +89,18 @@ def test_bad_item_frequency_header_is_named(tmp_path):
     (tmp_path / "item_frequency.csv").write_text("item,n\ni00,3\n")
     with pytest.raises(ValueError, match="item_id,count"):
         ttrain.fit_model(tmp_path, ModelConfig(loss="softmax", epochs=1, **SMALL), progress=lambda s: None)
+
+
+def test_training_from_memory_equals_training_streamed(feat):
+    """The train split parsed into memory (the default when its files fit) trains exactly as
+    the streamed pipeline: same batches, so the same losses and weights."""
+    root, _ = feat
+    cfg = ModelConfig(epochs=2, **SMALL)
+    streamed_model, streamed = ttrain.fit_model(root, cfg, progress=lambda s: None, memory_cache_bytes=0)
+    lines: list[str] = []
+    cached_model, cached = ttrain.fit_model(root, cfg, progress=lines.append)
+    assert (streamed["train_in_memory"], cached["train_in_memory"]) == (False, True)
+    assert any("parsed the train split into memory" in line for line in lines)
+    assert cached["loss_per_epoch"] == streamed["loss_per_epoch"] and cached["validation_loss"] == streamed["validation_loss"]
+    for a, b in zip(streamed_model.get_weights(), cached_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
