@@ -66,8 +66,6 @@ from .validate import (
 from .window import assign_split, window_filter
 
 MAX_FIT_ITEMS = 200_000
-# the statistics tables joined as of the day before: (table, key, column prefix)
-STATS_TABLES = (("user_stats", C.USER_ID, "user"), ("item_stats", C.ITEM_ID, "item"), ("creator_stats", C.CREATOR_ID, "creator"))
 
 
 class StageError(UserError):
@@ -276,11 +274,13 @@ def _performance_vectors(df: DataFrame) -> DataFrame:
     return df
 
 
-def _stats_as_of_previous_day(spark: SparkSession, input_dir: str, table: str, key: str, prefix: str, cfg: ExperimentConfig) -> DataFrame | None:
-    """Stats keyed by (id, dt) shifted so that an example on day D joins the row of D-1 (files or PostgreSQL: `cfg.stats`)."""
+def _stats_as_of_previous_day(spark: SparkSession, input_dir: str, table: str, cfg: ExperimentConfig) -> DataFrame | None:
+    """Stats keyed by (id, dt) shifted so that an example on day D joins the row of D-1 (files or PostgreSQL: `cfg.stats`);
+    the columns are named after the table (``item_stats``' ctr: ``item_ctr``)."""
     df = read_stats(spark, input_dir, table, cfg.stats, dates=stats_dates(cfg.window.validation_date, cfg.window.train_days))
     if df is None:
         return None
+    key, prefix = C.STATS_TABLES[table], table.removesuffix("_stats")
     return df.select(
         F.col(key), F.date_add(F.col(C.DT), 1).alias(C.DT),
         *[F.col(c).cast("double").alias(f"{prefix}_{c}") for c in (C.STAT_CTR, C.STAT_TIMESPENT) if c in df.columns],
@@ -312,8 +312,8 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     )
 
     # statistics as of the day before, normalised with train statistics
-    stats = {table: _stats_as_of_previous_day(spark, input_dir, table, key, prefix, cfg) for table, key, prefix in STATS_TABLES}
-    stat_cols = [c for st in stats.values() if st is not None for c in st.columns if c not in (C.USER_ID, C.ITEM_ID, C.CREATOR_ID, C.DT)]
+    stats = {table: _stats_as_of_previous_day(spark, input_dir, table, cfg) for table in C.STATS_TABLES}
+    stat_cols = [c for table, st in stats.items() if st is not None for c in st.columns if c not in (C.STATS_TABLES[table], C.DT)]
     users = io.read_table(spark, io.table_path(input_dir, "users"), required=False)
     if users is not None:
         users = check_schema(users, USER_SCHEMA, "users").select(C.USER_ID, C.HANDSET_MAKER, C.ACTIVITY_PROFILE)
@@ -321,12 +321,11 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     def joined(item_part: DataFrame) -> DataFrame:
         """``examples`` with the statistics, ``item_part``'s columns and the users' joined."""
         df = examples
-        for table, key in (("user_stats", C.USER_ID), ("item_stats", C.ITEM_ID)):
+        for table, key in C.STATS_TABLES.items():
+            if key == C.CREATOR_ID:  # creator_id comes with the items
+                df = df.join(item_part, C.ITEM_ID, "left")
             if stats[table] is not None:
                 df = df.join(stats[table], [key, C.DT], "left")
-        df = df.join(item_part, C.ITEM_ID, "left")
-        if stats["creator_stats"] is not None:
-            df = df.join(stats["creator_stats"], [C.CREATOR_ID, C.DT], "left")
         return df if users is None else df.join(users, C.USER_ID, "left")
 
     item_cols = [c for c in items.columns if c not in ("item_idx",)]
@@ -496,11 +495,11 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
     items = _zscore_apply(items, {k: v for k, v in norm.items() if k in items.columns})
     items = _performance_vectors(items)
     last_day = cfg.window.validation_date
-    for table, key, prefix in (("item_stats", C.ITEM_ID, "item"), ("creator_stats", C.CREATOR_ID, "creator")):
-        st = _stats_as_of_previous_day(spark, input_dir, table, key, prefix, cfg)
+    for table in ("item_stats", "creator_stats"):
+        st = _stats_as_of_previous_day(spark, input_dir, table, cfg)
         if st is not None:
             st = st.filter(F.col(C.DT) == F.lit(last_day)).drop(C.DT)
-            items = _zscore_apply(items.join(st, key, "left"), {k: v for k, v in norm.items() if k in st.columns})
+            items = _zscore_apply(items.join(st, C.STATS_TABLES[table], "left"), {k: v for k, v in norm.items() if k in st.columns})
     res = write_tfrecords(items.select(*[c.name for c in item_cols]), L.path(out, L.tfrecords("catalog")), item_cols, num_shards=1, sort_by=[C.ITEM_ID])
     rows["catalog"] = int(res["rows"])
     shards["catalog"] = listed("catalog", res)

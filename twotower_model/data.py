@@ -121,12 +121,7 @@ def make_dataset(
         raise ValueError(f"shuffle_buffer must be an integer >= 1, got {shuffle_buffer!r}")
     if deterministic is None:
         deterministic = not shuffle
-    held = split_columns(spec, split)
-    names = held if columns is None else list(columns)
-    missing = [n for n in names if n not in held]
-    if missing:
-        raise ValueError(f"split {split!r} records do not hold column(s) {missing}; they hold {held}")
-    description = feature_description(spec, names)
+    description = _split_description(spec, split, columns)
     files = split_files(feat_dir, split, spec)
     if shard is not None:
         files = shard_files(files, shard, split)
@@ -154,6 +149,17 @@ def make_dataset(
     ds = ds.batch(batch_size)
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _split_description(spec: FeatureSpec, split: str, columns: Iterable[str] | None) -> dict[str, tf.io.FixedLenFeature]:
+    """``feature_description`` of ``columns`` (default: all ``split``'s records hold), refusing a
+    column its records do not hold."""
+    held = split_columns(spec, split)
+    names = held if columns is None else list(columns)
+    missing = [n for n in names if n not in held]
+    if missing:
+        raise ValueError(f"split {split!r} records do not hold column(s) {missing}; they hold {held}")
+    return feature_description(spec, names)
 
 
 def _parse_files(files: list[str], description: dict[str, tf.io.FixedLenFeature]) -> tuple[dict[str, tf.Tensor], list[int]]:
@@ -199,13 +205,11 @@ NEGATIVE = "negative__"
 def read_split(feat_dir: str | Path, split: str, spec: FeatureSpec, columns: Iterable[str]) -> dict[str, tf.Tensor]:
     """Every record of ``split`` in record order, as one tensor per column (for the catalog: a
     table small enough to hold, items x item features)."""
-    parts: dict[str, list[tf.Tensor]] = {c: [] for c in columns}
-    for batch in make_dataset(feat_dir, split, spec, batch_size=65_536, shuffle=False, seed=0, columns=list(parts)):
-        for c in parts:
-            parts[c].append(batch[c])
-    if not parts or not next(iter(parts.values())):
+    names = list(columns)
+    table, counts = _parse_files(split_files(feat_dir, split, spec), _split_description(spec, split, names)) if names else ({}, [])
+    if not sum(counts):
         raise ValueError(f"split {split!r} in {str(feat_dir)!r} has no records")
-    return {c: tf.concat(v, axis=0) for c, v in parts.items()}
+    return table
 
 
 def with_sampled_negatives(ds: tf.data.Dataset, catalog: Mapping[str, tf.Tensor], count: int, seed: int) -> tf.data.Dataset:
