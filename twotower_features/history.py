@@ -46,12 +46,17 @@ class HistoryParams:
     emb_dim: int
     n_clusters: int
     matrix_file: str | None  # .npy of item embeddings, row = item_idx; shipped with addFile
+    # columns of the events returned unchanged beside the histories
+    carry: tuple[T.StructField, ...] = ()
+    # a boolean column of the events: only its true rows are returned (all events still form histories)
+    output_rows: str | None = None
 
     def output_schema(self) -> T.StructType:
         f = [
             T.StructField(C.USER_ID, T.StringType()),
             T.StructField(C.ITEM_ID, T.StringType()),
             T.StructField(C.EVENT_TS, T.TimestampType()),
+            *self.carry,
         ]
         for side in (POS, NEG):
             f.append(T.StructField(f"{side}_hist_len", T.IntegerType()))
@@ -118,12 +123,12 @@ def user_histories(table: pa.Table, p: HistoryParams) -> pa.Table:
     new_instant = new_user.copy()
     new_instant[1:] |= ts[1:] != ts[:-1]
     instant = np.cumsum(new_instant)  # rank of (user, instant), non-decreasing
-    out: dict[str, Any] = {C.USER_ID: users, C.ITEM_ID: table.column(C.ITEM_ID), C.EVENT_TS: table.column(C.EVENT_TS)}
+    out: dict[str, Any] = {c: table.column(c) for c in (C.USER_ID, C.ITEM_ID, C.EVENT_TS, *(f.name for f in p.carry))}
     flags = {POS: table.column("_is_pos"), NEG: table.column("_is_neg")}
     need_emb = "mean" in p.aggregations or "concat" in p.aggregations
-    idx = table.column("item_idx").to_numpy(zero_copy_only=False) if (need_emb or "clusters" in p.aggregations) else None
+    idx = table.column("item_idx").fill_null(0).to_numpy(zero_copy_only=False) if (need_emb or "clusters" in p.aggregations) else None
     matrix = _load_matrix(p.matrix_file) if need_emb else None
-    clusters = table.column(C.ITEM_CLUSTER).to_numpy(zero_copy_only=False) if "clusters" in p.aggregations else None
+    clusters = table.column(C.ITEM_CLUSTER).fill_null(0).to_numpy(zero_copy_only=False) if "clusters" in p.aggregations else None
 
     for side in (POS, NEG):
         sel = np.flatnonzero(flags[side].fill_null(False).to_numpy(zero_copy_only=False))
@@ -167,7 +172,8 @@ def user_histories(table: pa.Table, p: HistoryParams) -> pa.Table:
             dist[length == 0] = 0.0
             out[f"{side}_hist_clusters"] = _fixed_list(dist, p.n_clusters)
     schema_names = [f.name for f in p.output_schema().fields]
-    return pa.table({k: out[k] for k in schema_names})
+    result = pa.table({k: out[k] for k in schema_names})
+    return result if p.output_rows is None else result.filter(table.column(p.output_rows).fill_null(False))
 
 
 def _stream_histories(batches: Iterator[pa.RecordBatch], p: HistoryParams, chunk_rows: int) -> Iterator[pa.RecordBatch]:
@@ -196,7 +202,9 @@ def _stream_histories(batches: Iterator[pa.RecordBatch], p: HistoryParams, chunk
 
 
 def compute_histories(events: DataFrame, params: HistoryParams, *, chunk_rows: int = CHUNK_ROWS) -> DataFrame:
-    """One row per event with its history features.
+    """One row per event with its history features (per event where `params.output_rows` is true,
+    with `params.carry` beside them: the histories of a sample come out with the sample's columns,
+    no join back to it).
 
     `events` needs user_id, item_id, event_ts, label, time_spent, item_avg_time_spent and,
     for embedding aggregations, item_idx (row of the matrix file) and item_cluster. The events
@@ -205,12 +213,18 @@ def compute_histories(events: DataFrame, params: HistoryParams, *, chunk_rows: i
     of whole users (at least ``chunk_rows`` rows), so the per-call overhead is per chunk, not
     per user, and a worker holds one chunk at a time.
     """
-    cols = [C.USER_ID, C.ITEM_ID, C.EVENT_TS, "_is_pos", "_is_neg"]
+    cols = [C.USER_ID, C.ITEM_ID, C.EVENT_TS, "_is_pos", "_is_neg", *(f.name for f in params.carry)]
+    if params.output_rows:
+        cols.append(params.output_rows)
     if params.aggregations:
         cols.append("item_idx")
     if "clusters" in params.aggregations:
         cols.append(C.ITEM_CLUSTER)
-    marked = mark_history_events(events).select(*cols)
+    marked = mark_history_events(events)
+    if params.aggregations:  # an event of an item without a row of the matrix is in no history
+        for flag in ("_is_pos", "_is_neg"):
+            marked = marked.withColumn(flag, F.col(flag) & F.col("item_idx").isNotNull())
+    marked = marked.select(*cols)
     schema = params.output_schema()
     stream = marked.repartition(C.USER_ID).sortWithinPartitions(C.USER_ID, C.EVENT_TS, C.ITEM_ID)
     return stream.mapInArrow(lambda batches: _stream_histories(batches, params, chunk_rows), schema)

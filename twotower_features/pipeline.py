@@ -48,6 +48,8 @@ from .report import StageReport
 from .sampling import (
     class_counts,
     downsample,
+    in_user_sample,
+    is_example,
     ratio_string,
     rebalance_rates,
     sample_users,
@@ -318,9 +320,8 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     if users is not None:
         users = check_schema(users, USER_SCHEMA, "users").select(C.USER_ID, C.HANDSET_MAKER, C.ACTIVITY_PROFILE)
 
-    def joined(item_part: DataFrame) -> DataFrame:
-        """``examples`` with the statistics, ``item_part``'s columns and the users' joined."""
-        df = examples
+    def joined(item_part: DataFrame, df: DataFrame) -> DataFrame:
+        """``df`` (the examples) with the statistics, ``item_part``'s columns and the users' joined."""
         for table, key in C.STATS_TABLES.items():
             if key == C.CREATOR_ID:  # creator_id comes with the items
                 df = df.join(item_part, C.ITEM_ID, "left")
@@ -330,40 +331,50 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
 
     item_cols = [c for c in items.columns if c not in ("item_idx",)]
     perf_cols = sorted(c for c in items.columns if c.startswith((C.ITEM_PERFORMANCE_PREFIX, C.CREATOR_PERFORMANCE_PREFIX)))
-    full = joined(items.select(*item_cols))
+    full = joined(items.select(*item_cols), examples)
     norm = _zscore_fit(full.filter(F.col(C.SPLIT) == C.TRAIN), stat_cols + perf_cols)
     io.write_json_atomic(L.path(out, L.NORMALISATION), norm)
 
     def finished(df: DataFrame) -> DataFrame:
-        df = _performance_vectors(_zscore_apply(df, norm))
-        return df.withColumn(C.ITEM_EMB, F.col(f"{cfg.embeddings.item_source}_pca")) if C.ITEM_EMB in cfg.features.item else df
+        return _performance_vectors(_zscore_apply(df, norm))
 
-    # histories add columns row for row (event keys are unique), so they are joined last: the
-    # counts and the normalisation fit above do not compute them again
-    hist = None
-    aggs = cfg.history.aggregations
-    if aggs or cfg.history.keep_lists:
-        hist_users = sampled.select(C.USER_ID).distinct()
-        events = filtered.join(hist_users, C.USER_ID, "left_semi")
+    # the table's columns, in their order: the examples with the items' columns (of the item
+    # vectors, only the model's `item_emb`: the others are in artifacts/items.parquet, not copied
+    # to every example), then the histories
+    item_emb = [F.col(f"{cfg.embeddings.item_source}_pca").alias(C.ITEM_EMB)] if C.ITEM_EMB in cfg.features.item else []
+    vectors = [f.name for f in items.schema if isinstance(f.dataType, ArrayType) and f.name in item_cols]
+    table_columns = [c for c in finished(full).select("*", *item_emb).columns if c not in vectors]
+    hist = cfg.history.aggregations or cfg.history.keep_lists
+    if not hist:
+        base = examples
+    else:
+        # the histories are computed over every filtered event of the sampled users and come out
+        # on the example rows only, carrying the examples' columns: no join back to the sample
+        aggs = cfg.history.aggregations
+        events = filtered
+        if cfg.sampling.validation or cfg.sampling.user_fraction >= 1.0:
+            events = events.filter(in_user_sample(cfg.sampling))  # the sampled users, row by row
+        else:  # the sampled train users and every validation user
+            events = events.join(sampled.select(C.USER_ID).distinct(), C.USER_ID, "left_semi")
+        events = events.withColumn("_example", is_example(cfg.sampling, pos_rate, neg_rate))
         if aggs:
-            events = events.join(F.broadcast(items.select(C.ITEM_ID, "item_idx", *([C.ITEM_CLUSTER] if "clusters" in aggs else []))), C.ITEM_ID)
+            events = events.join(F.broadcast(items.select(C.ITEM_ID, "item_idx", *([C.ITEM_CLUSTER] if "clusters" in aggs else []))), C.ITEM_ID, "left")
         matrix = L.path(out, L.HISTORY_MATRIX) if {"mean", "concat"} & set(aggs) else None
         if matrix:
             matrix = io.ship_file(spark, matrix)
         params = HistoryParams(
             n=cfg.history.n, aggregations=aggs, concat_k=cfg.history.concat_k, keep_lists=cfg.history.keep_lists,
             emb_dim=cfg.embeddings.pca_components, n_clusters=cfg.embeddings.kmeans_k, matrix_file=matrix,
+            carry=tuple(f for f in filtered.schema if f.name not in (C.USER_ID, C.ITEM_ID, C.EVENT_TS)), output_rows="_example",
         )
-        hist = compute_histories(events, params)
-    with_hist = (lambda df: df) if hist is None else (lambda df: df.join(hist, [C.USER_ID, C.ITEM_ID, C.EVENT_TS], "left"))
-    # the table's columns, in their order: the examples with every item column, then the histories
-    table_columns = with_hist(finished(full)).columns
-    # what is written: the item vectors (array columns) are joined after the shuffles of the
-    # creator, user and history joins, which then move rows without them; the same rows
-    vectors = [f.name for f in items.schema if isinstance(f.dataType, ArrayType) and f.name in item_cols]
-    examples = with_hist(joined(items.select(*[c for c in item_cols if c not in vectors])))
-    if vectors:
-        examples = examples.join(items.select(C.ITEM_ID, *vectors), C.ITEM_ID, "left")
+        base = compute_histories(events, params)
+        keys = [C.USER_ID, C.ITEM_ID, C.EVENT_TS]  # first, as a join of the histories on them put them
+        table_columns = keys + [c for c in table_columns if c not in keys] + [c for c in params.output_schema().fieldNames() if c not in table_columns]
+    # what is written: the item vector is joined after the shuffles of the creator and user
+    # joins, which then move rows without it; the same rows
+    examples = joined(items.select(*[c for c in item_cols if c not in vectors]), base)
+    if item_emb:
+        examples = examples.join(items.select(C.ITEM_ID, *item_emb), C.ITEM_ID, "left")
     examples = finished(examples).select(*table_columns)
 
     io.write_delta(examples, L.path(out, L.EXAMPLES), partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg))

@@ -19,11 +19,16 @@ def hash_unit(*cols: F.Column | str, seed: int) -> F.Column:
     return F.pmod(F.xxhash64(F.lit(seed), *cols), F.lit(_SCALE)).cast("double") / float(_SCALE)
 
 
+def in_user_sample(cfg: SamplingConfig) -> F.Column:
+    """True for the rows of the users whose hash falls below `user_fraction`."""
+    if cfg.user_fraction >= 1.0:
+        return F.lit(True)
+    return hash_unit(C.USER_ID, seed=cfg.seed) < cfg.user_fraction
+
+
 def sample_users(df: DataFrame, cfg: SamplingConfig) -> DataFrame:
     """Keep the users whose hash falls below `user_fraction`."""
-    if cfg.user_fraction >= 1.0:
-        return df
-    return df.filter(hash_unit(C.USER_ID, seed=cfg.seed) < cfg.user_fraction)
+    return df if cfg.user_fraction >= 1.0 else df.filter(in_user_sample(cfg))
 
 
 def class_counts(df: DataFrame) -> tuple[int, int]:
@@ -45,13 +50,28 @@ def rebalance_rates(positives: int, negatives: int, target_pos_neg_ratio: float)
     return 1.0, positives / (target_pos_neg_ratio * negatives)
 
 
-def downsample(df: DataFrame, pos_rate: float, neg_rate: float, seed: int) -> DataFrame:
-    """Keep each row of a class with its class's rate, decided by a hash of the event."""
+def kept_by_rebalancing(pos_rate: float, neg_rate: float, seed: int) -> F.Column:
+    """True for the rows that rebalancing keeps: each row of a class with its class's rate,
+    decided by a hash of the event."""
     if pos_rate >= 1.0 and neg_rate >= 1.0:
-        return df
+        return F.lit(True)
     u = hash_unit(C.USER_ID, C.ITEM_ID, F.col(C.EVENT_TS).cast("long"), seed=seed + 1)
     rate = F.when(F.col(C.LABEL) == 1, F.lit(pos_rate)).otherwise(F.lit(neg_rate))
-    return df.filter(u < rate)
+    return u < rate
+
+
+def downsample(df: DataFrame, pos_rate: float, neg_rate: float, seed: int) -> DataFrame:
+    """Keep each row of a class with its class's rate, decided by a hash of the event."""
+    return df if pos_rate >= 1.0 and neg_rate >= 1.0 else df.filter(kept_by_rebalancing(pos_rate, neg_rate, seed))
+
+
+def is_example(cfg: SamplingConfig, pos_rate: float, neg_rate: float) -> F.Column:
+    """True for the filtered rows that become examples: the train rows of sampled users that
+    rebalancing keeps, and the validation rows (of sampled users when `validation` is on);
+    the row-wise form of ``sample_users`` then ``downsample`` on the train split."""
+    train, validation = F.col(C.SPLIT) == C.TRAIN, F.col(C.SPLIT) == C.VALIDATION
+    users = in_user_sample(cfg)
+    return (train & users & kept_by_rebalancing(pos_rate, neg_rate, cfg.seed)) | (validation & (users if cfg.validation else F.lit(True)))
 
 
 def ratio_string(positives: int, negatives: int) -> str:

@@ -66,3 +66,35 @@ def test_chunked_spark_histories_equal_one_call_per_user(spark):
                 assert sorted(x[f"{side}_history"] for x in g) == sorted(x[f"{side}_history"] for x in rows), (chunk_rows, k, side)
                 assert sorted(x[f"{side}_hist_len"] for x in g) == sorted(x[f"{side}_hist_len"] for x in rows)
                 np.testing.assert_allclose(sorted(x[f"{side}_hist_clusters"] for x in g), sorted(x[f"{side}_hist_clusters"] for x in rows), rtol=1e-6)
+
+
+def test_carried_columns_and_output_rows(spark):
+    """With ``carry`` and ``output_rows`` the kernel returns the flagged events only, with their
+    carried columns as given and the histories of every event (unflagged ones still enter
+    them); an event of an item without a matrix row (item_idx null) enters no history."""
+    params = HistoryParams(n=3, aggregations=("clusters",), concat_k=2, keep_lists=True, emb_dim=0, n_clusters=K, matrix_file=None)
+    t = _events(1)
+    t = t.append_column("tag", pa.array([f"t{i}" for i in range(t.num_rows)]))
+    t = t.append_column("_keep", pa.array([i % 3 != 0 for i in range(t.num_rows)]))
+    df = spark.createDataFrame(t.to_pandas())
+    full = {_key(r.asDict()): r.asDict() for r in compute_histories(df, params).withColumn("ts", F.unix_micros(C.EVENT_TS)).collect()}
+    carried = HistoryParams(**{**params.__dict__, "carry": tuple(f for f in df.schema if f.name in ("tag", C.TIME_SPENT)), "output_rows": "_keep"})
+    got = [r.asDict() for r in compute_histories(df, carried).withColumn("ts", F.unix_micros(C.EVENT_TS)).collect()]
+    given = {(r[C.USER_ID], r[C.ITEM_ID], int(r[C.EVENT_TS].timestamp() * 1_000_000), r["tag"]): r for r in t.to_pylist()}
+    kept = [k for k, r in given.items() if r["_keep"]]
+    assert sorted((g[C.USER_ID], g[C.ITEM_ID], g["ts"], g["tag"]) for g in got) == sorted(kept)
+    for g in got:
+        src = given[(g[C.USER_ID], g[C.ITEM_ID], g["ts"], g["tag"])]
+        assert g[C.TIME_SPENT] == src[C.TIME_SPENT]
+        ref = full[_key(g)]
+        for c in ("pos_history", "neg_history", "pos_hist_len", "neg_hist_len", "pos_hist_clusters", "neg_hist_clusters"):
+            assert g[c] == ref[c], c
+    # one user: a positive of an item with no matrix row is in no history, yet is returned
+    one = spark.createDataFrame(
+        [("u", item, BASE + dt.timedelta(minutes=m), 1, 1.0, 10.0, idx, idx, True) for m, (item, idx) in enumerate([("a", 0), ("b", None), ("c", 2)])],
+        f"{C.USER_ID} string, {C.ITEM_ID} string, {C.EVENT_TS} timestamp, {C.LABEL} int, {C.TIME_SPENT} double, "
+        f"{C.ITEM_AVG_TIME_SPENT} double, item_idx int, {C.ITEM_CLUSTER} int, _keep boolean",
+    )
+    rows = {r[C.ITEM_ID]: r for r in compute_histories(one, HistoryParams(**{**params.__dict__, "output_rows": "_keep"})).collect()}
+    assert rows["b"]["pos_history"] == ["a"] and rows["c"]["pos_history"] == ["a"]  # "b" is in no history
+    assert rows["c"]["pos_hist_clusters"] == [1.0, 0.0, 0.0, 0.0]

@@ -19,7 +19,12 @@ from twotower_features.config import (
 )
 from twotower_features.history import HistoryParams, mark_history_events, user_histories
 from twotower_features.labels import LabelRuleError, add_label, add_weight
-from twotower_features.sampling import rebalance_rates, sample_users
+from twotower_features.sampling import (
+    downsample,
+    is_example,
+    rebalance_rates,
+    sample_users,
+)
 from twotower_features.validate import (
     INTERACTION_SCHEMA,
     ContractError,
@@ -185,6 +190,27 @@ def test_user_sampling_is_deterministic_and_by_user(spark):
     assert 0.2 < len(users_a) / 400 < 0.4
     c = {r[C.USER_ID] for r in sample_users(df, SamplingConfig(user_fraction=0.3, seed=6)).collect()}
     assert c != users_a
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_is_example_is_user_sampling_then_rebalancing_row_by_row(spark, validation):
+    # the examples stage's written rows come from this flag: it must pick exactly the rows of
+    # sample_users (train only, or both splits) then downsample on the train split, as a union
+    rows = [(f"u{k:03d}", f"i{j}", ts(DAY, j), split, j % 3 == 0) for k in range(300) for j in range(4) for split in ("train", "validation")]
+    df = spark.createDataFrame(rows, f"{C.USER_ID} string, {C.ITEM_ID} string, {C.EVENT_TS} timestamp, {C.SPLIT} string, _pos boolean")
+    df = df.withColumn(C.LABEL, F.col("_pos").cast("int"))
+    cfg = SamplingConfig(user_fraction=0.5, seed=3, validation=validation)
+    pos_rate, neg_rate = 0.6, 0.8
+    sampled = sample_users(df if validation else df.filter(F.col(C.SPLIT) == "train"), cfg)
+    if not validation:
+        sampled = sampled.unionByName(df.filter(F.col(C.SPLIT) == "validation"))
+    expected = downsample(sampled.filter(F.col(C.SPLIT) == "train"), pos_rate, neg_rate, cfg.seed).unionByName(sampled.filter(F.col(C.SPLIT) == "validation"))
+    key = lambda d: sorted((r[C.USER_ID], r[C.ITEM_ID], r[C.SPLIT]) for r in d.select(C.USER_ID, C.ITEM_ID, C.SPLIT).collect())
+    got = df.filter(is_example(cfg, pos_rate, neg_rate))
+    assert key(got) == key(expected)
+    n_train = sum(1 for r in key(got) if r[2] == "train")
+    assert 0 < n_train < 600  # both decisions removed train rows: the test is not vacuous
+    assert sum(1 for r in key(got) if r[2] == "validation") == (len(key(expected.filter(F.col(C.SPLIT) == "validation"))) if validation else 1200)
 
 
 def test_rebalance_rates():
