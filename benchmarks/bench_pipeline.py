@@ -293,6 +293,7 @@ def make_inputs(b: Bench, cfg, data: Path, out: Path, inputs: Path) -> dict[str,
 
     from twotower_features import io
     from twotower_features.labels import add_label
+    from twotower_features.pipeline import item_features, tfrecord_rows
     from twotower_features.window import assign_split, window_filter
 
     spark = b.spark
@@ -318,8 +319,9 @@ def make_inputs(b: Bench, cfg, data: Path, out: Path, inputs: Path) -> dict[str,
     spec = json.loads((out / "feature_spec.json").read_text())
     names = [c["name"] for c in spec["columns"]]
     ex = spark.read.format("delta").load(str(out / "tables" / "examples")).filter(F.col("split") == "train").limit(TFRECORD_ROWS)
+    ex = tfrecord_rows(ex, item_features(spark, cfg, str(out)), names)
     ex = ex.withColumn("label", F.col("label").cast("float")).withColumn("event_ts", F.unix_micros("event_ts"))
-    ex.select(*names).coalesce(1).write.parquet(paths["tfrecord_rows"])
+    ex.coalesce(1).write.parquet(paths["tfrecord_rows"])
     b.sc.setJobGroup("bench-idle", "idle")
     return paths
 

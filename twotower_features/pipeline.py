@@ -338,12 +338,11 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     def finished(df: DataFrame) -> DataFrame:
         return _performance_vectors(_zscore_apply(df, norm))
 
-    # the table's columns, in their order: the examples with the items' columns (of the item
-    # vectors, only the model's `item_emb`: the others are in artifacts/items.parquet, not copied
-    # to every example), then the histories
-    item_emb = [F.col(f"{cfg.embeddings.item_source}_pca").alias(C.ITEM_EMB)] if C.ITEM_EMB in cfg.features.item else []
+    # the table's columns, in their order: the examples with the items' columns but their vectors
+    # (per item, in artifacts/items.parquet: not copied to every example; the tfrecords stage
+    # looks `item_emb` up there), then the histories
     vectors = [f.name for f in items.schema if isinstance(f.dataType, ArrayType) and f.name in item_cols]
-    table_columns = [c for c in finished(full).select("*", *item_emb).columns if c not in vectors]
+    table_columns = [c for c in finished(full).columns if c not in vectors]
     hist = cfg.history.aggregations or cfg.history.keep_lists
     if not hist:
         base = examples
@@ -370,12 +369,7 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
         base = compute_histories(events, params)
         keys = [C.USER_ID, C.ITEM_ID, C.EVENT_TS]  # first, as a join of the histories on them put them
         table_columns = keys + [c for c in table_columns if c not in keys] + [c for c in params.output_schema().fieldNames() if c not in table_columns]
-    # what is written: the item vector is joined after the shuffles of the creator and user
-    # joins, which then move rows without it; the same rows
-    examples = joined(items.select(*[c for c in item_cols if c not in vectors]), base)
-    if item_emb:
-        examples = examples.join(items.select(C.ITEM_ID, *item_emb), C.ITEM_ID, "left")
-    examples = finished(examples).select(*table_columns)
+    examples = finished(joined(items.select(*[c for c in item_cols if c not in vectors]), base)).select(*table_columns)
 
     io.write_delta(examples, L.path(out, L.EXAMPLES), partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg))
     written = spark.read.format("delta").load(L.path(out, L.EXAMPLES)).filter(window_filter(cfg.window))
@@ -450,6 +444,25 @@ def spec_columns(cfg: ExperimentConfig, examples: DataFrame) -> list[Column]:
     return cols
 
 
+ITEM_LOOKUPS = (C.ITEM_EMB,)  # TFRecord columns that are per item: looked up in the items, not stored per example
+
+
+def item_features(spark: SparkSession, cfg: ExperimentConfig, out: str) -> DataFrame:
+    """artifacts/items.parquet with the model's ``item_emb`` (``<embeddings.item_source>_pca``) when it is a feature."""
+    items = spark.read.parquet(L.path(out, L.ITEMS))
+    return items.withColumn(C.ITEM_EMB, F.col(f"{cfg.embeddings.item_source}_pca")) if C.ITEM_EMB in cfg.features.item else items
+
+
+def tfrecord_rows(examples: DataFrame, items: DataFrame, names: list[str]) -> DataFrame:
+    """The ``names`` columns of the examples as the TFRecords hold them: the per-item columns
+    (``ITEM_LOOKUPS``) joined from ``items`` (``item_features``) by item."""
+    looked_up = [n for n in names if n in ITEM_LOOKUPS]
+    rows = examples.select(*[n for n in names if n not in looked_up])
+    if looked_up:
+        rows = rows.join(items.select(C.ITEM_ID, *looked_up), C.ITEM_ID, "left")
+    return rows.select(*names)
+
+
 def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
     """Vocabularies, feature_spec.json, TFRecords per split and for the catalog, manifest.json."""
     from .tfrecord.writer import write_tfrecords
@@ -482,8 +495,9 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
     freq.to_csv(L.path(out, L.ITEM_FREQUENCY), index=False)
 
     names = [c.name for c in sized]
+    items = item_features(spark, cfg, out)
     for c in sized:
-        if c.name not in examples.columns:
+        if c.name not in examples.columns and c.name not in ITEM_LOOKUPS:
             raise StageError(f"feature '{c.name}' is not in the examples table: was stage 'examples' run with this config?")
     rows = {}
     shards: dict[str, list[dict[str, object]]] = {}
@@ -494,14 +508,11 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
         return [{"path": f"{L.tfrecords(split)}/{n}", "records": int(r), "bytes": int(b)} for n, r, b in zip(names, res["shard_rows"], res["shard_bytes"])]
 
     for split in (C.TRAIN, C.VALIDATION):
-        part = examples.filter(F.col(C.SPLIT) == split).select(*names).withColumn(C.LABEL, F.col(C.LABEL).cast("float"))
+        part = tfrecord_rows(examples.filter(F.col(C.SPLIT) == split), items, names).withColumn(C.LABEL, F.col(C.LABEL).cast("float"))
         res = write_tfrecords(part, L.path(out, L.tfrecords(split)), sized, num_shards=cfg.output.tfrecord_shards, sort_by=[C.USER_ID, C.ITEM_ID, C.EVENT_TS])
         rows[split] = int(res["rows"])
         shards[split] = listed(split, res)
     item_cols = [c for c in sized if c.tower == "item" or c.name == C.ITEM_ID]
-    items = spark.read.parquet(L.path(out, L.ITEMS))
-    if C.ITEM_EMB in cfg.features.item:
-        items = items.withColumn(C.ITEM_EMB, F.col(f"{cfg.embeddings.item_source}_pca"))
     norm = json.loads(Path(out, L.NORMALISATION).read_text())
     items = _zscore_apply(items, {k: v for k, v in norm.items() if k in items.columns})
     items = _performance_vectors(items)

@@ -261,7 +261,7 @@ def test_nan_and_inf_embeddings_quarantine_their_items_rows(spark, reference, tm
     assert not {nan_item, inf_item} & set(pq.read_table(out / "artifacts" / "items.parquet", columns=[C.ITEM_ID])[C.ITEM_ID].to_pylist())
     ex = spark.read.format("delta").load(str(out / "tables" / "examples"))
     arrays = [f.name for f in ex.schema.fields if f.dataType.simpleString() in ("array<float>", "array<double>")]
-    assert {"item_emb", "pos_hist_mean", "neg_hist_mean", "pos_hist_clusters"} <= set(arrays)
+    assert {"pos_hist_mean", "neg_hist_mean", "pos_hist_clusters"} <= set(arrays)
     not_finite = F.lit(False)
     for c in arrays:
         not_finite = not_finite | F.exists(c, lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
