@@ -10,3 +10,8 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A mistake in what the user gave us; the message says what and how to fix it."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder a command needs is not there (a half-written or wrong folder, a step not
+    run yet); the message names the path and the command that makes it."""

@@ -14,7 +14,10 @@ mean of the last N before an event is one subtraction, cluster counts are a pref
 one-hot rows, and the last k items are k gathers; `searchsorted` on a running rank of (user,
 instant) finds where "strictly before" ends, and on the user index where the user's history
 starts. So the aggregations cost O(d) per event whatever N is, and never need the id lists,
-which are built only when `keep_lists` is on (audit; off at billion-row scale).
+which are built only when `keep_lists` is on (audit; off at billion-row scale). With
+`output_rows` (the examples stage: every event of a sampled user enters the histories, only the
+sampled examples come out) the windows and gathers are taken at the returned rows only; the
+prefix sums still run over every history event.
 """
 from __future__ import annotations
 
@@ -123,7 +126,12 @@ def user_histories(table: pa.Table, p: HistoryParams) -> pa.Table:
     new_instant = new_user.copy()
     new_instant[1:] |= ts[1:] != ts[:-1]
     instant = np.cumsum(new_instant)  # rank of (user, instant), non-decreasing
-    out: dict[str, Any] = {c: table.column(c) for c in (C.USER_ID, C.ITEM_ID, C.EVENT_TS, *(f.name for f in p.carry))}
+    # the rows returned (all rows still enter the histories): histories are taken at these only
+    rows = None if p.output_rows is None else np.flatnonzero(table.column(p.output_rows).fill_null(False).to_numpy(zero_copy_only=False))
+    m_out = m if rows is None else len(rows)
+    at_instant, at_group = (instant, group) if rows is None else (instant[rows], group[rows])
+    taken = table if rows is None else table.take(pa.array(rows))
+    out: dict[str, Any] = {c: taken.column(c) for c in (C.USER_ID, C.ITEM_ID, C.EVENT_TS, *(f.name for f in p.carry))}
     flags = {POS: table.column("_is_pos"), NEG: table.column("_is_neg")}
     need_emb = "mean" in p.aggregations or "concat" in p.aggregations
     idx = table.column("item_idx").fill_null(0).to_numpy(zero_copy_only=False) if (need_emb or "clusters" in p.aggregations) else None
@@ -133,13 +141,13 @@ def user_histories(table: pa.Table, p: HistoryParams) -> pa.Table:
     for side in (POS, NEG):
         sel = np.flatnonzero(flags[side].fill_null(False).to_numpy(zero_copy_only=False))
         # history events (of any user) before this row's (user, instant), and those of earlier users
-        end = np.searchsorted(instant[sel], instant, side="left")
-        before = end - np.searchsorted(group[sel], group, side="left")
+        end = np.searchsorted(instant[sel], at_instant, side="left")
+        before = end - np.searchsorted(group[sel], at_group, side="left")
         length = np.minimum(before, p.n)
         start = end - length  # the window is sel[start:end], most recent last
         out[f"{side}_hist_len"] = pa.array(length.astype(np.int32))
         if p.keep_lists:
-            offsets = np.zeros(m + 1, dtype=np.int64)
+            offsets = np.zeros(m_out + 1, dtype=np.int64)
             np.cumsum(length, out=offsets[1:])
             within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], length)
             flat = np.repeat(end - 1, length) - within  # most recent first
@@ -156,11 +164,11 @@ def user_histories(table: pa.Table, p: HistoryParams) -> pa.Table:
                 out[f"{side}_hist_mean"] = _fixed_list(mean, p.emb_dim)
             if "concat" in p.aggregations:
                 k = p.concat_k
-                cat = np.zeros((m, k, p.emb_dim), dtype=np.float32)
+                cat = np.zeros((m_out, k, p.emb_dim), dtype=np.float32)
                 for j in range(k):  # j-th most recent
                     ok = before > j
                     cat[ok, j] = emb[end[ok] - 1 - j]
-                out[f"{side}_hist_concat"] = _fixed_list(cat.reshape(m, k * p.emb_dim), k * p.emb_dim)
+                out[f"{side}_hist_concat"] = _fixed_list(cat.reshape(m_out, k * p.emb_dim), k * p.emb_dim)
                 out[f"{side}_hist_concat_len"] = pa.array(np.minimum(before, k).astype(np.int32))
         if "clusters" in p.aggregations:
             counts = np.zeros((len(sel) + 1, p.n_clusters), dtype=np.int32)
@@ -172,8 +180,7 @@ def user_histories(table: pa.Table, p: HistoryParams) -> pa.Table:
             dist[length == 0] = 0.0
             out[f"{side}_hist_clusters"] = _fixed_list(dist, p.n_clusters)
     schema_names = [f.name for f in p.output_schema().fields]
-    result = pa.table({k: out[k] for k in schema_names})
-    return result if p.output_rows is None else result.filter(table.column(p.output_rows).fill_null(False))
+    return pa.table({k: out[k] for k in schema_names})
 
 
 def _stream_histories(batches: Iterator[pa.RecordBatch], p: HistoryParams, chunk_rows: int) -> Iterator[pa.RecordBatch]:
@@ -226,5 +233,10 @@ def compute_histories(events: DataFrame, params: HistoryParams, *, chunk_rows: i
             marked = marked.withColumn(flag, F.col(flag) & F.col("item_idx").isNotNull())
     marked = marked.select(*cols)
     schema = params.output_schema()
-    stream = marked.repartition(C.USER_ID).sortWithinPartitions(C.USER_ID, C.EVENT_TS, C.ITEM_ID)
+    # by a hash of user_id, not by user_id: when the events come out of a join shuffled by user_id,
+    # Spark drops a repartition by that same key as redundant, and adaptive execution may turn
+    # the join into a broadcast whose side it reads map by map (a local shuffle read), which
+    # splits a user's events across partitions: the histories would be cut short. A key the
+    # plan cannot already satisfy keeps this shuffle (AQE only coalesces whole partitions of it)
+    stream = marked.repartition(F.hash(C.USER_ID)).sortWithinPartitions(C.USER_ID, C.EVENT_TS, C.ITEM_ID)
     return stream.mapInArrow(lambda batches: _stream_histories(batches, params, chunk_rows), schema)

@@ -1,10 +1,13 @@
 """The one SparkSession factory.
 
-Local mode by default, Delta's extensions on, UTC, few shuffle partitions for small data; every
-setting can be overridden with ``conf``. Under ``spark-submit`` the master, memory, ``--conf``
-settings and jars that spark-submit was given win: this factory only fills in what is missing,
-and fails with the fix when the driver lacks Delta (spark-submit needs ``--jars``: the driver's
-classpath is fixed before any Python runs).
+Local mode by default, Delta's extensions on, UTC; every setting can be overridden with ``conf``.
+The shuffle partition count is left to Spark (200, or the cluster's ``spark-defaults.conf``) and
+adaptive execution coalesces each shuffle to ~64 MB partitions (``advisoryPartitionSizeInBytes``),
+so a tiny fixture runs few tasks and 50M events run as many as they need. In local mode tables
+up to 64 MB broadcast into joins (Spark's default is 10 MB; ``docs/scale.md`` has a cluster's). Under
+``spark-submit`` the master, memory, ``--conf`` settings and jars that spark-submit was given
+win: this factory only fills in what is missing, and fails with the fix when the driver lacks
+Delta (spark-submit needs ``--jars``: the driver's classpath is fixed before any Python runs).
 
 Spark's JVM dependencies (Delta, the PostgreSQL driver) are never downloaded when a session
 starts: ``make jars`` copies them into ``build/jars`` at install time, and this factory hands
@@ -40,7 +43,6 @@ DEFAULTS: dict[str, str] = {
     "spark.sql.extensions": DELTA_EXTENSION,
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
     "spark.sql.session.timeZone": "UTC",
-    "spark.sql.shuffle.partitions": "8",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
     "spark.ui.showConsoleProgress": "false",
@@ -52,7 +54,9 @@ DEFAULTS: dict[str, str] = {
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.driver.memory": "4g",
-    "spark.sql.adaptive.coalescePartitions.initialPartitionNum": "8",
+    # the item side of the examples stage (the items without their vectors, the item statistics)
+    # broadcasts up to ~1M items instead of shuffling every example twice (Spark's default: 10m)
+    "spark.sql.autoBroadcastJoinThreshold": "64m",
 }
 
 

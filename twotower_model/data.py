@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 
 import tensorflow as tf
 
-from twotower_features.errors import UserError
+from twotower_features.errors import MissingFileError, UserError
 from twotower_features.spec import Column, FeatureSpec
 
 SPLITS_KEY = "splits"
@@ -68,7 +68,7 @@ def split_files(feat_dir: str | Path, split: str, spec: FeatureSpec) -> list[str
     pattern = str(Path(feat_dir) / splits[split])
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
-        raise FileNotFoundError(f"split {split!r}: no TFRecord files match {pattern!r}")
+        raise MissingFileError(f"split {split!r}: no TFRecord files match {pattern!r}")
     return files
 
 

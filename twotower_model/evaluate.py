@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from twotower_features import columns as C
+from twotower_features.errors import MissingFileError
 from twotower_features.spec import FeatureSpec
 
 from . import diagnostics as D
@@ -73,7 +74,7 @@ def _train_counts(features_dir: str | Path, spec: FeatureSpec) -> pd.Series:
     """``items.read_item_counts``, which the popularity references cannot do without."""
     counts = read_item_counts(features_dir, spec)
     if counts is None:
-        raise FileNotFoundError(f"no item frequency file in {str(features_dir)!r}: the popularity row needs it")
+        raise MissingFileError(f"no item frequency file in {str(features_dir)!r}: the popularity row needs it")
     return counts
 
 

@@ -28,6 +28,8 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
+from twotower_features.errors import MissingFileError
+
 from . import optimizer  # noqa: F401  registers LazyAdam, which model.keras names, for load_model
 from .layout import (
     CANDIDATE_SIGNATURE,
@@ -113,7 +115,7 @@ def load_model(model_dir: str | Path) -> TwoTowerModel:
     """The Keras model saved by ``save_model`` (towers, head and task)."""
     path = Path(model_dir) / MODEL_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {MODEL_FILE} in {str(model_dir)!r}: run train first")
+        raise MissingFileError(f"no {MODEL_FILE} in {str(model_dir)!r}: run train first")
     return keras.saving.load_model(path)
 
 
@@ -133,7 +135,7 @@ class ExportedTowers:
         for side, sub in (("user", USER_TOWER_DIR), ("item", ITEM_TOWER_DIR)):
             path = model_dir / sub
             if not path.is_dir():
-                raise FileNotFoundError(f"no exported {side} tower at {str(path)!r}: run train first")
+                raise MissingFileError(f"no exported {side} tower at {str(path)!r}: run train first")
             loaded = tf.saved_model.load(str(path))
             var = getattr(loaded, TOWER_PROVENANCE, None)
             text = var.numpy().decode("utf-8") if var is not None else ""

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from twotower_features.errors import MissingFileError
+
 KINDS = ("exact", "hnsw", "ivf")
 EXACT_LIMIT = 100_000  # catalogs up to this many items are scored exactly
 IVF_NPROBE = 64  # cells a query scans (at most all of them)
@@ -140,7 +142,7 @@ def write_index(index: Any, path: str | Path) -> None:
 def read_index(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no index file {str(path)!r}: run `twotower export` first")
+        raise MissingFileError(f"no index file {str(path)!r}: run `twotower export` first")
     return _faiss().read_index(str(path))
 
 

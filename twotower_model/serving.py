@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twotower_features import columns as C
-from twotower_features.errors import UserError
+from twotower_features.errors import MissingFileError, UserError
 from twotower_features.io import file_sha256, write_json_atomic
 from twotower_features.spec import FeatureSpec
 
@@ -65,7 +65,7 @@ def export_identity(model_dir: str | Path) -> dict[str, Any]:
     model_dir = Path(model_dir)
     for name in (CONFIG_FILE, ITEM_EMBEDDINGS_FILE):
         if not (model_dir / name).is_file():
-            raise FileNotFoundError(f"no {name} in {str(model_dir)!r}: run `twotower train` first")
+            raise MissingFileError(f"no {name} in {str(model_dir)!r}: run `twotower train` first")
     features = read_model_provenance(model_dir)
     identity = {k: features.get(k) for k in COMPARED}
     identity["model_config_sha256"] = file_sha256(model_dir / CONFIG_FILE)

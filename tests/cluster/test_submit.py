@@ -59,7 +59,7 @@ def test_session_under_spark_submit_keeps_master_conf_and_jars_it_was_given(spar
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
     seen = json.loads(lines[0][len("SESSION "):])
     assert seen["spark.master"] == "local[1]"
-    assert seen["spark.sql.shuffle.partitions"] == "3"  # the factory's default is 8
+    assert seen["spark.sql.shuffle.partitions"] == "3"  # the factory sets none: spark-submit's wins
     assert seen["spark.executor.memory"] == "600m"
     assert sorted(j.rsplit("/", 1)[1] for j in seen["spark.jars"].split(",")) == sorted(j.rsplit("/", 1)[1] for j in given_jars.split(","))
     assert seen["spark.sql.session.timeZone"] == "UTC"  # what spark-submit left unset is filled in

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from twotower_features import columns as C
 from twotower_features.history import HistoryParams, compute_histories, user_histories
@@ -98,3 +99,70 @@ def test_carried_columns_and_output_rows(spark):
     rows = {r[C.ITEM_ID]: r for r in compute_histories(one, HistoryParams(**{**params.__dict__, "output_rows": "_keep"})).collect()}
     assert rows["b"]["pos_history"] == ["a"] and rows["c"]["pos_history"] == ["a"]  # "b" is in no history
     assert rows["c"]["pos_hist_clusters"] == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_output_rows_equal_the_full_run_at_those_rows_for_every_aggregation(tmp_path):
+    """``user_histories`` takes the histories at the flagged rows only (the others still enter
+    them): for mean, concat, clusters and the id lists, each returned row equals the same event's
+    row of the run without ``output_rows``, and the rows come in the same order."""
+    d = 3
+    matrix = np.random.default_rng(7).normal(size=(9, d)).astype(np.float32)
+    np.save(tmp_path / "m.npy", matrix)
+    params = HistoryParams(n=4, aggregations=("mean", "concat", "clusters"), concat_k=2, keep_lists=True, emb_dim=d, n_clusters=K, matrix_file=str(tmp_path / "m.npy"))
+    t = _events(3)
+    t = t.append_column("_is_pos", pa.array([x == 1 for x in t.column(C.LABEL).to_pylist()]))
+    t = t.append_column("_is_neg", pa.array([lab == 0 and s < 10.0 for lab, s in zip(t.column(C.LABEL).to_pylist(), t.column(C.TIME_SPENT).to_pylist())]))
+    t = t.append_column("_keep", pa.array([i % 4 == 1 or (i % 7 == 0 and None) for i in range(t.num_rows)], pa.bool_()))  # a null counts as false
+    t = t.append_column("tag", pa.array([f"t{i}" for i in range(t.num_rows)]))
+    tag = (T.StructField("tag", T.StringType()),)
+    full_tagged = user_histories(t, HistoryParams(**{**params.__dict__, "carry": tag})).to_pylist()
+    got = user_histories(t, HistoryParams(**{**params.__dict__, "carry": tag, "output_rows": "_keep"})).to_pylist()
+    keep = {f"t{i}" for i, k in enumerate(t.column("_keep").to_pylist()) if k}
+    assert [r["tag"] for r in got] == [r["tag"] for r in full_tagged if r["tag"] in keep]  # the flagged rows, in the same order
+    assert len(got) == len(keep) > 0
+    ref = {r["tag"]: r for r in full_tagged}
+    for r in got:
+        assert r == ref[r["tag"]]
+    # and the full run itself against the definition, for one aggregation: the mean of the last n positives strictly before
+    rows = t.to_pylist()
+    for r in got:
+        src = next(x for x in rows if x["tag"] == r["tag"])
+        before = sorted((x for x in rows if x[C.USER_ID] == src[C.USER_ID] and x[C.EVENT_TS] < src[C.EVENT_TS] and x["_is_pos"]),
+                        key=lambda x: (x[C.EVENT_TS], x[C.ITEM_ID]), reverse=True)[: params.n]
+        assert r["pos_history"] == [x[C.ITEM_ID] for x in before]
+        want = np.mean([matrix[x["item_idx"]] for x in before], axis=0) if before else np.zeros(d)
+        np.testing.assert_allclose(r["pos_hist_mean"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_histories_stay_whole_when_adaptive_execution_turns_a_user_join_into_a_broadcast(spark, tmp_path):
+    """Events that come out of a join shuffled by user_id, which adaptive execution turns into a
+    broadcast at run time (planned as a sort-merge join: the planner's threshold is 1 byte, the
+    run-time one 10 MB) and then reads map by map (a local shuffle read). Spark drops a
+    repartition by user_id after such a join as redundant, and at 10M events the histories then
+    came out cut short (a user's events in several partitions). The kernel's own shuffle must be
+    in the final plan, and the histories equal those of the same events given directly."""
+    params = HistoryParams(n=3, aggregations=("clusters",), concat_k=2, keep_lists=True, emb_dim=0, n_clusters=K, matrix_file=None)
+    t = _events(5)
+    df = spark.createDataFrame(t.to_pandas()).repartition(3)  # several map tasks, a user's events in each
+    df.write.parquet(str(tmp_path / "events"))
+    spark.createDataFrame([(f"u{u}",) for u in range(10)], "user_id string").write.parquet(str(tmp_path / "users"))
+    expected = {_key(r.asDict()): r.asDict() for r in compute_histories(df, params).withColumn("ts", F.unix_micros(C.EVENT_TS)).collect()}
+    settings = {"spark.sql.adaptive.enabled": "true", "spark.sql.autoBroadcastJoinThreshold": "1", "spark.sql.adaptive.autoBroadcastJoinThreshold": "10m",
+                "spark.sql.adaptive.localShuffleReader.enabled": "true"}
+    before = {k: spark.conf.get(k, None) for k in settings}
+    try:
+        for k, v in settings.items():
+            spark.conf.set(k, v)
+        joined = spark.read.parquet(str(tmp_path / "events")).join(spark.read.parquet(str(tmp_path / "users")), C.USER_ID, "left_semi")
+        hist = compute_histories(joined, params).withColumn("ts", F.unix_micros(C.EVENT_TS))
+        got = {_key(r.asDict()): r.asDict() for r in hist.collect()}
+        plan = hist._jdf.queryExecution().executedPlan().toString()  # adaptive execution's final plan, once run
+    finally:
+        for k, v in before.items():
+            spark.conf.unset(k) if v is None else spark.conf.set(k, v)
+    assert "AQEShuffleRead local" in plan and "BroadcastHashJoin" in plan  # the case: the join became a broadcast read map by map
+    assert "Exchange hashpartitioning(hash(user_id" in plan and "REPARTITION_BY_COL" in plan, plan  # the kernel's shuffle stayed
+    assert sorted(got) == sorted(expected)
+    for k, r in expected.items():
+        for c in ("pos_history", "neg_history", "pos_hist_len", "neg_hist_len", "pos_hist_clusters", "neg_hist_clusters"):
+            assert got[k][c] == r[c], (k, c)

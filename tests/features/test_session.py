@@ -152,22 +152,45 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.slow
-def test_a_jvm_or_context_that_fails_to_start_is_a_session_error():
-    # a fresh process: a JVM that exits at launch, then a SparkContext that refuses a setting
+def _in_a_fresh_process(script: str) -> tuple[object, str]:
+    """``script`` run by a new Python (its own JVM, the factory's own defaults): the JSON of its
+    last line of output, and its standard error."""
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(REPO)}
     env.pop("PYSPARK_GATEWAY_PORT", None)
-    run = subprocess.run([sys.executable, "-c", _START_SCRIPT], capture_output=True, text=True, env=env, timeout=300, cwd=REPO,
-                         check=False)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, cwd=REPO, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
-    messages = json.loads(run.stdout.strip().splitlines()[-1])
+    return json.loads(run.stdout.strip().splitlines()[-1]), run.stderr
+
+
+@pytest.mark.slow
+def test_a_jvm_or_context_that_fails_to_start_is_a_session_error():
+    # a JVM that exits at launch, then a SparkContext that refuses a setting
+    messages, stderr = _in_a_fresh_process(_START_SCRIPT)
     assert messages == [
         ("Spark's JVM exited while starting (its error is printed above); check --master 'local[1]' and the --conf "
          "settings given (spark.submit.deployMode)"),
         ("--conf spark.task.cpus='abc' is refused by Spark: [INVALID_CONF_VALUE.TYPE_MISMATCH] The value 'abc' in the "
          "config \"spark.task.cpus\" is invalid. It should be a/an 'int' value. SQLSTATE: 22022"),
     ]
-    assert "Cluster deploy mode is not compatible" in run.stderr  # the JVM's own error, printed above ours
+    assert "Cluster deploy mode is not compatible" in stderr  # the JVM's own error, printed above ours
+
+
+_PARTITIONS_SCRIPT = """
+import json
+from twotower_features.session import build_session
+spark = build_session("t", master="local[2]")
+tiny = spark.range(2000).selectExpr("id % 97 AS k").repartition("k").rdd.glom().map(len).collect()
+print(json.dumps({"partitions": spark.conf.get("spark.sql.shuffle.partitions"), "aqe": spark.conf.get("spark.sql.adaptive.enabled"),
+                  "tiny": tiny}))
+spark.stop()
+"""
+
+
+@pytest.mark.slow
+def test_the_factory_leaves_the_partition_count_to_spark_and_aqe_coalesces_a_tiny_shuffle():
+    seen, _ = _in_a_fresh_process(_PARTITIONS_SCRIPT)  # the factory's own defaults, not the test session's
+    assert seen["partitions"] == "200" and seen["aqe"] == "true"  # Spark's default count, coalesced by AQE
+    assert sum(seen["tiny"]) == 2000 and len(seen["tiny"]) <= 2  # 200 hash partitions of 2000 rows read as at most 2 tasks
 
 
 # ------------------------------------------------------------------------------ generate's options

@@ -14,11 +14,18 @@ tf = pytest.importorskip("tensorflow")
 pytest.importorskip("faiss")
 
 from twotower_features.config import ModelConfig  # noqa: E402
+from twotower_features.errors import UserError  # noqa: E402
 from twotower_model import index as I  # noqa: E402
 from twotower_model import serving as S  # noqa: E402
 from twotower_model import train as ttrain  # noqa: E402
+from twotower_model.export import ExportedTowers  # noqa: E402
 from twotower_model.items import read_item_embeddings  # noqa: E402
-from twotower_model.layout import EXPORT_MANIFEST, INDEX_FILE, INDEX_ITEMS_FILE  # noqa: E402
+from twotower_model.layout import (  # noqa: E402
+    EXPORT_MANIFEST,
+    INDEX_FILE,
+    INDEX_ITEMS_FILE,
+    ITEM_EMBEDDINGS_FILE,
+)
 
 from .tiny_features import SMALL, write_features  # noqa: E402
 
@@ -129,3 +136,21 @@ def test_loader_refuses_a_swapped_index_file(exported, tmp_path):
     (copy / EXPORT_MANIFEST).unlink()
     with pytest.raises(S.UserError, match="twotower export"):
         S.load_export(copy, model_dir)
+
+
+def test_a_half_written_model_folder_is_a_user_error_naming_what_is_missing(exported, tmp_path):
+    """The model's files but its item embeddings and towers (a copy cut short): each reader
+    refuses with the path and the command to run, as a ``UserError`` (one line at the CLI, no
+    traceback), and an index file that is not there likewise."""
+    _, _, model_dir, _, _ = exported
+    half = tmp_path / "half"
+    half.mkdir()
+    for p in model_dir.iterdir():
+        if p.is_file() and p.name != ITEM_EMBEDDINGS_FILE:
+            shutil.copy(p, half / p.name)
+    with pytest.raises(UserError, match=rf"no {ITEM_EMBEDDINGS_FILE} in '.*half': run `twotower train` first"):
+        S.export_identity(half)
+    with pytest.raises(UserError, match=r"no exported user tower at '.*half/user_tower': run train first"):
+        ExportedTowers(half)
+    with pytest.raises(UserError, match=r"no index file '.*nothing\.faiss': run `twotower export` first"):
+        I.read_index(tmp_path / "nothing.faiss")
