@@ -49,6 +49,9 @@ DEFAULTS: dict[str, str] = {
     "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
     "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     "spark.databricks.delta.snapshotPartitions": "2",
+    # adaptive execution coalesces the shuffles of cached DataFrames too (Spark leaves them at
+    # spark.sql.shuffle.partitions: 200 tasks of a few rows each in prepare's quarantine split)
+    "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
 }
 # Only for a session this factory starts in local mode (never under spark-submit).
 LOCAL_DEFAULTS: dict[str, str] = {

@@ -180,8 +180,10 @@ import json
 from twotower_features.session import build_session
 spark = build_session("t", master="local[2]")
 tiny = spark.range(2000).selectExpr("id % 97 AS k").repartition("k").rdd.glom().map(len).collect()
+cached = spark.range(2000).selectExpr("id % 97 AS k").groupBy("k").count().cache()
+cached.count()
 print(json.dumps({"partitions": spark.conf.get("spark.sql.shuffle.partitions"), "aqe": spark.conf.get("spark.sql.adaptive.enabled"),
-                  "tiny": tiny}))
+                  "tiny": tiny, "cached": cached.rdd.getNumPartitions()}))
 spark.stop()
 """
 
@@ -191,6 +193,7 @@ def test_the_factory_leaves_the_partition_count_to_spark_and_aqe_coalesces_a_tin
     seen, _ = _in_a_fresh_process(_PARTITIONS_SCRIPT)  # the factory's own defaults, not the test session's
     assert seen["partitions"] == "200" and seen["aqe"] == "true"  # Spark's default count, coalesced by AQE
     assert sum(seen["tiny"]) == 2000 and len(seen["tiny"]) <= 2  # 200 hash partitions of 2000 rows read as at most 2 tasks
+    assert seen["cached"] <= 2  # a cached aggregation is coalesced too (Spark's default keeps a cached plan at 200)
 
 
 # ------------------------------------------------------------------------------ generate's options
