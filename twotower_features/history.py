@@ -215,8 +215,9 @@ def compute_histories(events: DataFrame, params: HistoryParams, *, chunk_rows: i
 
     `events` needs user_id, item_id, event_ts, label, time_spent, item_avg_time_spent and,
     for embedding aggregations, item_idx (row of the matrix file) and item_cluster. The events
-    are hash-partitioned by user (``spark.sql.shuffle.partitions``) and sorted by user and
-    time; each Python worker then streams its partition through ``user_histories`` in chunks
+    are hash-partitioned by ``hash(user_id)`` (Spark's partition count, coalesced by adaptive
+    execution; never a partitioning left over from an upstream join, see below) and sorted by
+    user and time; each Python worker then streams its partition through ``user_histories`` in chunks
     of whole users (at least ``chunk_rows`` rows), so the per-call overhead is per chunk, not
     per user, and a worker holds one chunk at a time.
     """

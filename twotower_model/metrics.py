@@ -52,7 +52,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from twotower_features import columns as C
-from twotower_features.errors import UserError
+from twotower_features.errors import MissingFileError, UserError
 from twotower_features.io import write_json_atomic
 
 SCORE = "score"  # the model's score (logit) column of a predictions table
@@ -304,7 +304,7 @@ class PredictionsError(UserError, ValueError):
     """A predictions table that cannot be read or scored; the message names its path."""
 
 
-class PredictionsNotFoundError(PredictionsError, FileNotFoundError):
+class PredictionsNotFoundError(PredictionsError, MissingFileError):
     """The predictions path does not exist."""
 
 
