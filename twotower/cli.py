@@ -186,7 +186,7 @@ for _stage in S.STAGES:
 @click.option("--config", "config", default=None, help="Config whose [model] section to use (default: the one saved with the features).")
 @click.option("--epochs", default=None, type=click.IntRange(1), help="Override model.epochs.")
 @click.option("--memory-cache-mb", default=None, type=click.IntRange(0),
-              help="A train split whose TFRecords take at most this many MiB (default 2048) is parsed once and trained on from memory; 0: always stream.")
+              help="A train split whose TFRecords take at most this many MiB (default: a quarter of the machine's memory) is parsed once and trained on from memory; 0: always stream.")
 def train(features_dir, model_dir, config, epochs, memory_cache_mb):
     """Train the two towers on CPU (or GPU) from feature_spec.json and the TFRecords."""
     from twotower_model.train import train as run

@@ -37,11 +37,11 @@ from twotower_features.spec import FeatureSpec
 from . import export
 from .data import (
     CATALOG,
-    MEMORY_CACHE_BYTES,
     SPLITS_KEY,
     cache_fits,
     item_id_column,
     make_dataset,
+    memory_cache_default,
     read_split,
     shard_files,
     split_files,
@@ -100,8 +100,8 @@ def fit_model(
     Deterministic given ``model_cfg.seed`` on CPU: the seed fixes the initial weights, the
     file and record shuffles, and the interleave order. ``optimizer``: see ``make_optimizer``.
     A train split whose files take at most ``memory_cache_bytes`` (default
-    ``data.MEMORY_CACHE_BYTES``) is parsed once before the first epoch and served from memory,
-    in the same batches as streamed (``make_dataset(in_memory=True)``); the report's
+    ``data.memory_cache_default()``, a quarter of the machine's memory) is parsed once before
+    the first epoch and served from memory, in the same batches as streamed (``make_dataset(in_memory=True)``); the report's
     ``train_load_seconds`` is that parse, outside ``examples_per_second``.
 
     With ``TF_CONFIG`` naming more than one worker (``distribute.cluster_from_env``): before
@@ -154,7 +154,7 @@ def fit_model(
         raise ValueError(f"split 'train' in {str(feat_dir)!r} has no records")
     columns = _training_columns(spec, model)
     steps = -(-n_train // model_cfg.batch_size)
-    memory_cache_bytes = MEMORY_CACHE_BYTES if memory_cache_bytes is None else memory_cache_bytes
+    memory_cache_bytes = memory_cache_default() if memory_cache_bytes is None else memory_cache_bytes
     in_memory = cache_fits(feat_dir, "train", spec, memory_cache_bytes)
     loading = time.perf_counter()
     if strategy is None:
