@@ -268,7 +268,7 @@ STAGE_INPUT = {  # which report count is the stage's input rows
 }
 
 
-def run_pipeline(b: Bench, cfg, data: Path, out: Path, run: int) -> dict[str, Any]:
+def run_pipeline(b: Bench, cfg, data: Path, out: Path, size: str, run: int) -> dict[str, Any]:
     from twotower.stages import STAGES
 
     if out.exists():
@@ -276,7 +276,9 @@ def run_pipeline(b: Bench, cfg, data: Path, out: Path, run: int) -> dict[str, An
     stages = {}
     for stage in STAGES:
         st = stage.name
-        r = b.timed(f"pipe-{st}-{run}", lambda stage=stage: stage.runner(b.spark, cfg, str(data), str(out), lambda m: None))
+        # the size in the job group: the sizes run in one application, and a group's stages are
+        # looked up by its name in the UI (the same name at two sizes summed both)
+        r = b.timed(f"pipe-{size}-{st}-{run}", lambda stage=stage: stage.runner(b.spark, cfg, str(data), str(out), lambda m: None))
         rep = r["value"]
         rows = STAGE_INPUT[st](rep)
         stages[st] = {
@@ -393,7 +395,7 @@ def check_history_equal(b: Bench, sample: str) -> dict[str, Any]:
     return {"events": len(ours), "users": int(ours["user_id"].nunique()), "events_with_full_history": full}
 
 
-def compare(b: Bench, cfg, paths: dict[str, str], runs: int, expected_filtered_rows: int) -> dict[str, Any]:
+def compare(b: Bench, cfg, paths: dict[str, str], size: str, runs: int, expected_filtered_rows: int) -> dict[str, Any]:
     from baselines import (
         duckdb_filter_sql,
         duckdb_history_checksum_sql,
@@ -426,16 +428,16 @@ def compare(b: Bench, cfg, paths: dict[str, str], runs: int, expected_filtered_r
 
     res: dict[str, list] = {k: [] for k in ("history_ours", "history_naive_spark", "history_duckdb", "filter_ours", "filter_duckdb")}
     for i in range(runs):
-        r = b.timed(f"cmp-history-ours-{i}", ours_history)
+        r = b.timed(f"cmp-{size}-history-ours-{i}", ours_history)
         res["history_ours"].append(r)
         limit = max(60.0, NAIVE_CAP * r["seconds"])  # past this the >= 3x goal is shown: stop
         if res["history_naive_spark"] and res["history_naive_spark"][0]["timed_out"]:
             res["history_naive_spark"].append(res["history_naive_spark"][0])  # a capped run is not repeated
         else:
-            res["history_naive_spark"].append(b.timed(f"cmp-history-naive-{i}", naive_history, timeout=limit))
-        res["history_duckdb"].append(b.timed(f"cmp-history-duckdb-{i}", lambda: con.execute(hist_sql).fetchall()))
-        res["filter_ours"].append(b.timed(f"cmp-filter-ours-{i}", ours_filter))
-        res["filter_duckdb"].append(b.timed(f"cmp-filter-duckdb-{i}", lambda: con.execute(filter_sql).fetchall()))
+            res["history_naive_spark"].append(b.timed(f"cmp-{size}-history-naive-{i}", naive_history, timeout=limit))
+        res["history_duckdb"].append(b.timed(f"cmp-{size}-history-duckdb-{i}", lambda: con.execute(hist_sql).fetchall()))
+        res["filter_ours"].append(b.timed(f"cmp-{size}-filter-ours-{i}", ours_filter))
+        res["filter_duckdb"].append(b.timed(f"cmp-{size}-filter-duckdb-{i}", lambda: con.execute(filter_sql).fetchall()))
         n = res["history_naive_spark"][-1]
         say(f"    run {i + 1}/{runs}: history ours {r['seconds']:.1f} s, naive window {'>' if n['timed_out'] else ''}{n['seconds']:.1f} s, "
             f"duckdb {res['history_duckdb'][-1]['seconds']:.1f} s; filter ours {res['filter_ours'][-1]['seconds']:.1f} s, "
@@ -481,7 +483,7 @@ def bench_size(b: Bench, cfg, size: str, events: int, runs: int, train_bench: bo
     pipe_runs = []
     for i in range(runs):
         say(f"  run {i + 1}/{runs}")
-        pipe_runs.append(run_pipeline(b, cfg, data, out, i))
+        pipe_runs.append(run_pipeline(b, cfg, data, out, size, i))
     stages = {}
     for st in pipe_runs[0]:
         secs = [r[st]["seconds"] for r in pipe_runs]
@@ -502,7 +504,7 @@ def bench_size(b: Bench, cfg, size: str, events: int, runs: int, train_bench: bo
         paths = make_inputs(b, cfg, data, out, BUILD / size / "inputs")
         check = check_history_equal(b, paths["history_sample"])
         say(f"{size}: history and filter against the baselines, {runs} run(s)")
-        result["compare"] = compare(b, cfg, paths, runs, sum(prepare_out.values()))
+        result["compare"] = compare(b, cfg, paths, size, runs, sum(prepare_out.values()))
         result["compare"]["equality_check"] = check
         say(f"{size}: TFRecord writer against the per-row loop")
         n_tf = b.spark.read.parquet(paths["tfrecord_rows"]).count()
