@@ -46,13 +46,13 @@ from .history import HistoryParams, compute_histories
 from .labels import add_label, add_weight
 from .report import StageReport
 from .sampling import (
-    class_counts,
     downsample,
     in_user_sample,
     is_example,
     ratio_string,
     rebalance_rates,
     sample_users,
+    split_and_class_counts,
 )
 from .spec import Column, FeatureSpec
 from .stats_source import read_stats, stats_dates
@@ -293,7 +293,7 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     """Sample users, compute histories, rebalance, join statistics and tower features; tables/examples."""
     rep = StageReport("examples")
     filtered = spark.read.format("delta").load(L.path(out, L.FILTERED)).filter(window_filter(cfg.window))
-    rep.rows_in = {r[C.SPLIT]: int(r["n"]) for r in filtered.groupBy(C.SPLIT).agg(F.count(F.lit(1)).alias("n")).collect()}
+    rep.rows_in, pos, neg = split_and_class_counts(filtered, cfg.sampling)  # the sampled train rows' classes, for rebalancing
 
     # user sampling keeps all rows of a sampled user, so histories of sampled users see every
     # filtered row of theirs (train and validation), as if computed before sampling
@@ -304,7 +304,6 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     items = spark.read.parquet(L.path(out, L.ITEMS))
 
     train_s = sampled.filter(F.col(C.SPLIT) == C.TRAIN)
-    pos, neg = class_counts(train_s)
     pos_rate, neg_rate = rebalance_rates(pos, neg, cfg.sampling.target_pos_neg_ratio)
     rep.facts["sampled_train_pos_neg"] = ratio_string(pos, neg)
     rep.facts["user_fraction"] = cfg.sampling.user_fraction
@@ -347,14 +346,17 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     if not hist:
         base = examples
     else:
-        # the histories are computed over every filtered event of the sampled users and come out
-        # on the example rows only, carrying the examples' columns: no join back to the sample
+        # the histories are computed over every filtered event of the users with an example row
+        # and come out on the example rows only, carrying the examples' columns: no join back to
+        # the sample. With the validation day sampled too, those users are the sampled ones (a
+        # filter by row); without, they are the sampled train users and every validation user:
+        # the kernel gets every user's events (its shuffle by user is the only one), and a user
+        # without an example row returns nothing (cheaper than a semi-join, which shuffled and
+        # sorted every event by user once more)
         aggs = cfg.history.aggregations
         events = filtered
-        if cfg.sampling.validation or cfg.sampling.user_fraction >= 1.0:
-            events = events.filter(in_user_sample(cfg.sampling))  # the sampled users, row by row
-        else:  # the sampled train users and every validation user
-            events = events.join(sampled.select(C.USER_ID).distinct(), C.USER_ID, "left_semi")
+        if cfg.sampling.validation:
+            events = events.filter(in_user_sample(cfg.sampling))
         events = events.withColumn("_example", is_example(cfg.sampling, pos_rate, neg_rate))
         if aggs:
             events = events.join(F.broadcast(items.select(C.ITEM_ID, "item_idx", *([C.ITEM_CLUSTER] if "clusters" in aggs else []))), C.ITEM_ID, "left")

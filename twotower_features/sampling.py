@@ -31,10 +31,16 @@ def sample_users(df: DataFrame, cfg: SamplingConfig) -> DataFrame:
     return df if cfg.user_fraction >= 1.0 else df.filter(in_user_sample(cfg))
 
 
-def class_counts(df: DataFrame) -> tuple[int, int]:
-    row = df.agg(F.sum(C.LABEL).alias("p"), F.count(F.lit(1)).alias("n")).collect()[0]
-    pos = int(row["p"] or 0)
-    return pos, int(row["n"]) - pos
+def split_and_class_counts(df: DataFrame, cfg: SamplingConfig) -> tuple[dict[str, int], int, int]:
+    """In one pass over ``df``: its rows per split; and the positives and negatives among the
+    train rows of the sampled users (the rows ``sample_users`` keeps: what rebalancing counts)."""
+    users = in_user_sample(cfg)
+    rows = df.groupBy(C.SPLIT).agg(
+        F.count(F.lit(1)).alias("n"), F.count(F.when(users, 1)).alias("s"), F.sum(F.when(users, F.col(C.LABEL))).alias("p"),
+    ).collect()
+    train = next((r for r in rows if r[C.SPLIT] == C.TRAIN), None)
+    pos = int(train["p"] or 0) if train else 0
+    return {r[C.SPLIT]: int(r["n"]) for r in rows}, pos, (int(train["s"]) - pos if train else 0)
 
 
 def rebalance_rates(positives: int, negatives: int, target_pos_neg_ratio: float) -> tuple[float, float]:

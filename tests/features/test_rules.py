@@ -24,6 +24,7 @@ from twotower_features.sampling import (
     is_example,
     rebalance_rates,
     sample_users,
+    split_and_class_counts,
 )
 from twotower_features.validate import (
     INTERACTION_SCHEMA,
@@ -190,6 +191,21 @@ def test_user_sampling_is_deterministic_and_by_user(spark):
     assert 0.2 < len(users_a) / 400 < 0.4
     c = {r[C.USER_ID] for r in sample_users(df, SamplingConfig(user_fraction=0.3, seed=6)).collect()}
     assert c != users_a
+
+
+def test_split_and_class_counts_are_the_sampled_train_rows_labels_in_one_pass(spark):
+    rows = [(f"u{k:03d}", f"i{j}", ts(DAY, j), "train" if j < 3 else "validation", int(k % 4 == j)) for k in range(300) for j in range(5)]
+    df = spark.createDataFrame(rows, f"{C.USER_ID} string, {C.ITEM_ID} string, {C.EVENT_TS} timestamp, {C.SPLIT} string, {C.LABEL} int")
+    cfg = SamplingConfig(user_fraction=0.5, seed=3)
+    sampled = {r[C.USER_ID] for r in sample_users(df, cfg).select(C.USER_ID).distinct().collect()}
+    assert 0 < len(sampled) < 300
+    # by hand: a user's train rows are j = 0, 1, 2, positive where k % 4 == j
+    train = [(k, j) for k in range(300) for j in range(3) if f"u{k:03d}" in sampled]
+    pos = sum(1 for k, j in train if k % 4 == j)
+    per_split, p, n = split_and_class_counts(df, cfg)
+    assert per_split == {"train": 900, "validation": 600}
+    assert (p, n) == (pos, len(train) - pos) and 0 < pos < len(train)
+    assert split_and_class_counts(df.filter(F.col(C.SPLIT) == "validation"), cfg) == ({"validation": 600}, 0, 0)
 
 
 @pytest.mark.parametrize("validation", [False, True])
