@@ -17,6 +17,7 @@ the first cost no read or parse (``cache_fits`` decides when a split is small en
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -137,7 +138,7 @@ def make_dataset(
 
     if in_memory:  # the files' records parsed once; each file is then its span of positions
         table, counts = _parse_files(files, description)
-        starts = [sum(counts[:i]) for i in range(len(counts))]
+        starts = list(itertools.accumulate(counts, initial=0))[:-1]
         ds = tf.data.Dataset.from_tensor_slices((tf.constant(starts, tf.int64), tf.constant(counts, tf.int64)))
         open_file = lambda start, count: tf.data.Dataset.range(start, start + count).batch(BLOCK)  # noqa: E731
         parse = lambda positions: {c: tf.gather(t, positions) for c, t in table.items()}  # noqa: E731

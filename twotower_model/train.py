@@ -101,8 +101,9 @@ def fit_model(
     file and record shuffles, and the interleave order. ``optimizer``: see ``make_optimizer``.
     A train split whose files take at most ``memory_cache_bytes`` (default
     ``data.memory_cache_default()``, a quarter of the machine's memory) is parsed once before
-    the first epoch and served from memory, in the same batches as streamed (``make_dataset(in_memory=True)``); the report's
-    ``train_load_seconds`` is that parse, outside ``examples_per_second``.
+    the first epoch and served from memory, in the same batches as streamed
+    (``make_dataset(in_memory=True)``); the report's ``train_load_seconds`` is that parse,
+    outside ``examples_per_second`` (0 when the split streams).
 
     With ``TF_CONFIG`` naming more than one worker (``distribute.cluster_from_env``): before
     TensorFlow runs anything, every worker checks that ``batch_size`` splits evenly between the
@@ -210,7 +211,7 @@ def fit_model(
         "examples_per_second_includes_warmup": includes_warmup,
         "train_loop_seconds": timer.total_seconds,
         "train_in_memory": in_memory,
-        "train_load_seconds": load_seconds,
+        "train_load_seconds": load_seconds if in_memory else 0.0,  # streamed: no parse before the first epoch
         "loss_per_epoch": losses,
         "final_loss": losses[-1] if losses else None,
         "validation_loss": validation_loss,

@@ -100,6 +100,7 @@ def test_training_from_memory_equals_training_streamed(feat):
     lines: list[str] = []
     cached_model, cached = ttrain.fit_model(root, cfg, progress=lines.append)
     assert (streamed["train_in_memory"], cached["train_in_memory"]) == (False, True)
+    assert streamed["train_load_seconds"] == 0.0 and cached["train_load_seconds"] > 0  # only a parse into memory is a load
     assert any("parsed the train split into memory" in line for line in lines)
     assert cached["loss_per_epoch"] == streamed["loss_per_epoch"] and cached["validation_loss"] == streamed["validation_loss"]
     for a, b in zip(streamed_model.get_weights(), cached_model.get_weights()):
