@@ -11,9 +11,10 @@ and shuffled in a buffer of ``shuffle_buffer / BLOCK`` blocks; then each window 
 batches. A record can end up anywhere in its window, as with a ``shuffle_buffer``-record buffer.
 
 ``in_memory`` parses a split once into one tensor per column and then runs the same file
-shuffle, interleave, record shuffle and batching over record *positions*, gathering each batch
-from the table: the batches are the streamed pipeline's, record for record, and epochs after
-the first cost no read or parse (``cache_fits`` decides when a split is small enough).
+shuffle, interleave, block shuffle, window permutation and batching over record *positions*,
+gathering each window from the table: the batches are the streamed pipeline's, record for
+record, and epochs after the first cost no read or parse (``cache_fits`` decides when a split
+is small enough).
 """
 from __future__ import annotations
 
@@ -120,8 +121,8 @@ def make_dataset(
     (files are read one after the other; parsing stays parallel). With ``shuffle``, up to 8
     files are interleaved and records shuffled (by blocks and windows, see the module's
     docstring); ``deterministic`` (default: ``not shuffle``) fixes the interleave order, so
-    that with a ``seed`` the order is reproducible too, at a small cost in throughput. ``repeat`` repeats the records before batching: every batch is
-    full. ``shard = (index, count)`` reads only worker ``index``'s files of ``count`` workers
+    that with a ``seed`` the order is reproducible too, at a small cost in throughput.
+    ``repeat`` repeats the records before batching: every batch is full. ``shard = (index, count)`` reads only worker ``index``'s files of ``count`` workers
     (``shard_files``). ``in_memory`` parses the records once, here, and serves the same
     batches from memory (see the module's docstring).
     """
