@@ -63,7 +63,8 @@ from .validate import (
     check_day_volume,
     check_schema,
     day_volumes,
-    quarantine_interactions,
+    flag_interactions,
+    split_flagged,
 )
 from .window import assign_split, window_filter
 
@@ -133,12 +134,13 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     # rows of items whose needed embeddings are null, hold NaN/Inf or have another length than
     # the rest are quarantined (bad_item_embedding); of items not in the table, unknown_item
     good_items = items.filter(nan_free(items, needed_sources(cfg))).select(C.ITEM_ID)
-    valid, bad = quarantine_interactions(raw, good_items, known_items=items, max_fraction_watched=cfg.quality.max_fraction_watched)
-    valid = valid.cache()
-    bad = bad.cache()
-    n_valid = valid.count()
-    per_reason = {r[C.QUARANTINE_REASON]: int(r["n"]) for r in bad.groupBy(C.QUARANTINE_REASON).agg(F.count(F.lit(1)).alias("n")).collect()}
+    # one cached frame with a reason per row (null: valid), so the duplicate check's shuffle runs
+    # once for the counts, the valid rows and the quarantined ones
+    flagged = flag_interactions(raw, good_items, known_items=items, max_fraction_watched=cfg.quality.max_fraction_watched).cache()
+    per_reason = {r[C.QUARANTINE_REASON]: int(r["n"]) for r in flagged.groupBy(C.QUARANTINE_REASON).agg(F.count(F.lit(1)).alias("n")).collect()}
+    n_valid = per_reason.pop(None, 0)
     n_bad = sum(per_reason.values())
+    valid, bad = split_flagged(flagged)
     log(f"[prepare] {n_in:,} interactions in the window: {n_valid:,} valid, {n_bad:,} quarantined {per_reason or ''}".rstrip())
     rep.rows_in["interactions_in_window"] = n_in
     rep.removed.update({f"quarantine:{k}": v for k, v in sorted(per_reason.items())})
@@ -199,8 +201,7 @@ def run_prepare(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out:
     _require_both_classes(pos + neg, pos, cfg)
     rep.facts["train_pos_neg"] = ratio_string(pos, neg)
     rep.facts["window"] = f"train {cfg.window.train_start}..{cfg.window.train_end}, validation {cfg.window.validation_date}"
-    valid.unpersist()
-    bad.unpersist()
+    flagged.unpersist()
     per_item.unpersist()
     return _save_report(out, rep, log)
 

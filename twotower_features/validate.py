@@ -121,7 +121,27 @@ def quarantine_interactions(
     max_fraction_watched: float = 0.0,
     known_items: DataFrame | None = None,
 ) -> tuple[DataFrame, DataFrame]:
-    """Split interactions into (valid, quarantined with a `reason` column).
+    """Split interactions into (valid, quarantined with a `reason` column): ``split_flagged`` of
+    ``flag_interactions``."""
+    return split_flagged(flag_interactions(interactions, item_ids, max_fraction_watched=max_fraction_watched, known_items=known_items))
+
+
+def split_flagged(flagged: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(valid rows without the `reason` column, quarantined rows with it) of ``flag_interactions``'
+    output. Two filters over one frame: cache `flagged` first when both are used, or each
+    recomputes the duplicate check (a shuffle of every row)."""
+    reason = F.col(C.QUARANTINE_REASON)
+    return flagged.filter(reason.isNull()).drop(C.QUARANTINE_REASON), flagged.filter(reason.isNotNull())
+
+
+def flag_interactions(
+    interactions: DataFrame,
+    item_ids: DataFrame,
+    *,
+    max_fraction_watched: float = 0.0,
+    known_items: DataFrame | None = None,
+) -> DataFrame:
+    """The interactions with a `reason` column: null for a valid row, else why it is quarantined.
 
     `item_ids` is a one-column frame of the usable item ids (``item_id``). Of several identical
     events (same user, item and instant) the first by (time_spent, fraction_watched, liked, shared)
@@ -174,13 +194,10 @@ def quarantine_interactions(
     w = Window.partitionBy(C.USER_ID, C.ITEM_ID, C.EVENT_TS).orderBy(
         F.col(C.QUARANTINE_REASON).asc_nulls_first(), C.TIME_SPENT, C.FRACTION_WATCHED, C.LIKED, C.SHARED
     )
-    df = df.withColumn(
+    return df.withColumn(
         C.QUARANTINE_REASON,
         F.when(F.col(C.QUARANTINE_REASON).isNull() & (F.row_number().over(w) > 1), F.lit(DUPLICATE_EVENT)).otherwise(F.col(C.QUARANTINE_REASON)),
     )
-    valid = df.filter(F.col(C.QUARANTINE_REASON).isNull()).drop(C.QUARANTINE_REASON)
-    bad = df.filter(F.col(C.QUARANTINE_REASON).isNotNull())
-    return valid, bad
 
 
 # ------------------------------------------------------------------------------ volume

@@ -109,6 +109,34 @@ def test_each_broken_row_is_quarantined_with_its_reason_and_rows_are_conserved(s
     assert rep["facts"]["day_volume"]["ratio"] == round(10 / 15, 4)
 
 
+def test_the_stage_checks_each_interaction_once_for_the_counts_the_valid_and_the_quarantined_rows(spark, dirty_inputs, tmp_path, monkeypatch):
+    # time_spent passes through a Python UDF that counts its calls: every read of the window's
+    # rows that needs time_spent (the reasons, the duplicate check's order, the valid rows) calls
+    # it once per row. The flagged rows are cached once, so the 40 rows of the window are read
+    # once; the valid rows and the quarantined ones as two frames cached apart read them twice (80)
+    from pyspark.sql.types import DoubleType
+
+    from twotower_features import io
+
+    calls = spark.sparkContext.accumulator(0)
+
+    def counted(x):
+        calls.add(1)
+        return x
+
+    counting = F.udf(counted, DoubleType())
+    read_table = io.read_table
+
+    def read_counting(spark_, path, *args, **kwargs):
+        df = read_table(spark_, path, *args, **kwargs)
+        return df.withColumn(C.TIME_SPENT, counting(C.TIME_SPENT)) if path.rstrip("/").endswith("interactions") else df
+
+    monkeypatch.setattr(io, "read_table", read_counting)
+    rep = run_prepare(spark, cfg(), dirty_inputs, str(tmp_path / "out"), log=quiet)
+    assert rep.rows_in == {"interactions_in_window": 40, "valid": 30}
+    assert calls.value == 40
+
+
 def test_quarantined_share_above_the_bound_fails_before_writing(spark, dirty_inputs, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(StageError, match=r"10 of 40 interactions \(25.00%\) break the input contract, above quality.max_quarantine_share=20.00%"):
