@@ -15,7 +15,7 @@ from twotower.stages import run as run_features
 from twotower_features import columns as C
 from twotower_features.config import ExperimentConfig
 from twotower_features.generate import generate
-from twotower_features.pipeline import run_examples
+from twotower_features.pipeline import StageError, run_examples
 from twotower_features.spec import FeatureSpec
 
 pytestmark = pytest.mark.slow
@@ -142,6 +142,31 @@ def test_rerun_replaces_output(spark, built):
     after = spark.read.format("delta").load(path)
     assert after.count() == n_before
     assert sorted(map(tuple, after.select(C.USER_ID, C.ITEM_ID, C.EVENT_TS).collect())) == keys_before
+
+
+def test_a_users_table_that_repeats_a_user_fails_the_examples_stage_before_any_write(spark, built, tmp_path):
+    # the left join on user_id would copy the repeated user's example rows; the stage refuses the
+    # table, naming it, the id and its row count, and leaves the previous output as it was
+    import shutil
+
+    root, out, cfg, _ = built
+    data = tmp_path / "data"
+    data.mkdir()
+    for table in (root / "data").iterdir():
+        if table.name != "users":
+            (data / table.name).symlink_to(table)
+    users = spark.read.parquet(str(root / "data" / "users"))
+    first = users.orderBy(C.USER_ID).limit(1)
+    users.unionByName(first).write.parquet(str(data / "users"))
+    repeated = first.collect()[0][C.USER_ID]
+    copy = tmp_path / "features"
+    shutil.copytree(out, copy, symlinks=True)
+    norm_before = (copy / "artifacts" / "normalisation.json").read_bytes()
+    n_before = spark.read.format("delta").load(str(copy / "tables" / "examples")).count()
+    with pytest.raises(StageError, match=rf"table 'users' \(.*users\) repeats user_id '{repeated}' \(2 rows\): each user needs one row"):
+        run_examples(spark, cfg, str(data), str(copy), log=lambda s: None)
+    assert (copy / "artifacts" / "normalisation.json").read_bytes() == norm_before
+    assert spark.read.format("delta").load(str(copy / "tables" / "examples")).count() == n_before
 
 
 def test_train_and_evaluate_beat_random(built, tmp_path):

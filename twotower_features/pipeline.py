@@ -100,6 +100,19 @@ def _require_both_classes(n: int, positives: int, cfg: ExperimentConfig) -> None
         raise StageError(f"label.rule {cfg.label.rule!r} makes every one of the {n:,} train rows {only}: a model needs both classes; change label.rule")
 
 
+def _require_one_row_per_user(users: DataFrame, path: str) -> None:
+    """Refuse a users table that repeats a user_id: the left join would copy that user's example
+    rows (a null user_id joins nothing and is let through)."""
+    repeated = users.filter(F.col(C.USER_ID).isNotNull()).groupBy(C.USER_ID).agg(F.count(F.lit(1)).alias("n")).filter(F.col("n") > 1)
+    first = repeated.orderBy(C.USER_ID).limit(3).collect()
+    if first:
+        shown = ", ".join(f"{r[C.USER_ID]!r} ({r['n']} rows)" for r in first)
+        raise StageError(
+            f"table 'users' ({path}) repeats user_id {shown}{' and more' if len(first) == 3 else ''}: each user needs one row, "
+            "or the join copies that user's examples; deduplicate the table and rerun from 'examples'"
+        )
+
+
 def _window_dates(cfg: ExperimentConfig) -> str:
     return f"{C.DT} >= '{cfg.window.train_start}' AND {C.DT} <= '{cfg.window.validation_date}'"
 
@@ -319,20 +332,23 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     users = io.read_table(spark, io.table_path(input_dir, "users"), required=False)
     if users is not None:
         users = check_schema(users, USER_SCHEMA, "users").select(C.USER_ID, C.HANDSET_MAKER, C.ACTIVITY_PROFILE)
+        _require_one_row_per_user(users, io.table_path(input_dir, "users"))
 
-    def joined(item_part: DataFrame, df: DataFrame) -> DataFrame:
+    def joined(item_part: DataFrame, df: DataFrame, *, with_users: bool = True) -> DataFrame:
         """``df`` (the examples) with the statistics, ``item_part``'s columns and the users' joined."""
         for table, key in C.STATS_TABLES.items():
             if key == C.CREATOR_ID:  # creator_id comes with the items
                 df = df.join(item_part, C.ITEM_ID, "left")
             if stats[table] is not None:
                 df = df.join(stats[table], [key, C.DT], "left")
-        return df if users is None else df.join(users, C.USER_ID, "left")
+        return df if users is None or not with_users else df.join(users, C.USER_ID, "left")
 
     item_cols = [c for c in items.columns if c not in ("item_idx",)]
     perf_cols = sorted(c for c in items.columns if c.startswith((C.ITEM_PERFORMANCE_PREFIX, C.CREATOR_PERFORMANCE_PREFIX)))
     full = joined(items.select(*item_cols), examples)
-    norm = _zscore_fit(full.filter(F.col(C.SPLIT) == C.TRAIN), stat_cols + perf_cols)
+    # the users add no normalised column, and with one row per user their join keeps the rows
+    fit_rows = joined(items.select(*item_cols), examples, with_users=False)
+    norm = _zscore_fit(fit_rows.filter(F.col(C.SPLIT) == C.TRAIN), stat_cols + perf_cols)
     io.write_json_atomic(L.path(out, L.NORMALISATION), norm)
 
     def finished(df: DataFrame) -> DataFrame:
