@@ -329,10 +329,11 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     # statistics as of the day before, normalised with train statistics
     stats = {table: _stats_as_of_previous_day(spark, input_dir, table, cfg) for table in C.STATS_TABLES}
     stat_cols = [c for table, st in stats.items() if st is not None for c in st.columns if c not in (C.STATS_TABLES[table], C.DT)]
-    users = io.read_table(spark, io.table_path(input_dir, "users"), required=False)
+    users_path = io.table_path(input_dir, "users")
+    users = io.read_table(spark, users_path, required=False)
     if users is not None:
         users = check_schema(users, USER_SCHEMA, "users").select(C.USER_ID, C.HANDSET_MAKER, C.ACTIVITY_PROFILE)
-        _require_one_row_per_user(users, io.table_path(input_dir, "users"))
+        _require_one_row_per_user(users, users_path)
 
     def joined(item_part: DataFrame, df: DataFrame, *, with_users: bool = True) -> DataFrame:
         """``df`` (the examples) with the statistics, ``item_part``'s columns and the users' joined."""

@@ -122,7 +122,8 @@ def make_dataset(
     files are interleaved and records shuffled (by blocks and windows, see the module's
     docstring); ``deterministic`` (default: ``not shuffle``) fixes the interleave order, so
     that with a ``seed`` the order is reproducible too, at a small cost in throughput.
-    ``repeat`` repeats the records before batching: every batch is full. ``shard = (index, count)`` reads only worker ``index``'s files of ``count`` workers
+    ``repeat`` repeats the records before batching: every batch is full.
+    ``shard = (index, count)`` reads only worker ``index``'s files of ``count`` workers
     (``shard_files``). ``in_memory`` parses the records once, here, and serves the same
     batches from memory (see the module's docstring).
     """
