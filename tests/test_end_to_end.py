@@ -15,8 +15,10 @@ from twotower.stages import run as run_features
 from twotower_features import columns as C
 from twotower_features.config import ExperimentConfig
 from twotower_features.generate import generate
-from twotower_features.pipeline import StageError, run_examples
+from twotower_features.pipeline import run_examples
 from twotower_features.spec import FeatureSpec
+from twotower_features.stats_source import stats_dates
+from twotower_features.validate import ContractError
 
 pytestmark = pytest.mark.slow
 
@@ -144,26 +146,33 @@ def test_rerun_replaces_output(spark, built):
     assert sorted(map(tuple, after.select(C.USER_ID, C.ITEM_ID, C.EVENT_TS).collect())) == keys_before
 
 
-def test_a_users_table_that_repeats_a_user_fails_the_examples_stage_before_any_write(spark, built, tmp_path):
-    # the left join on user_id would copy the repeated user's example rows; the stage refuses the
-    # table, naming it, the id and its row count, and leaves the previous output as it was
+@pytest.mark.parametrize("table", ["users", "user_stats"])
+def test_a_table_that_repeats_its_join_key_fails_the_examples_stage_before_any_write(spark, built, tmp_path, table):
+    # the left join on user_id (users) or (user_id, dt) (user_stats) would copy the repeated
+    # key's example rows; the stage refuses the table, naming it, the key and its row count, and
+    # leaves the previous output as it was
     import shutil
 
     root, out, cfg, _ = built
     data = tmp_path / "data"
     data.mkdir()
-    for table in (root / "data").iterdir():
-        if table.name != "users":
-            (data / table.name).symlink_to(table)
-    users = spark.read.parquet(str(root / "data" / "users"))
-    first = users.orderBy(C.USER_ID).limit(1)
-    users.unionByName(first).write.parquet(str(data / "users"))
-    repeated = first.collect()[0][C.USER_ID]
+    for t in (root / "data").iterdir():
+        if t.name != table:
+            (data / t.name).symlink_to(t)
+    rows = spark.read.parquet(str(root / "data" / table))
+    if table == "user_stats":  # a day the window reads (each example of day d joins d - 1)
+        first_day, last_day = stats_dates(cfg.window.validation_date, cfg.window.train_days)
+        rows = rows.filter(F.col(C.DT).between(first_day, last_day))
+    first = rows.orderBy(*([C.USER_ID, C.DT] if table == "user_stats" else [C.USER_ID])).limit(1)
+    spark.read.parquet(str(root / "data" / table)).unionByName(first).write.parquet(str(data / table))
+    row = first.collect()[0]
+    key = f"\\('{row[C.USER_ID]}', {row[C.DT]}\\)" if table == "user_stats" else f"'{row[C.USER_ID]}'"
+    name = "\\(user_id, dt\\)" if table == "user_stats" else "user_id"
     copy = tmp_path / "features"
     shutil.copytree(out, copy, symlinks=True)
     norm_before = (copy / "artifacts" / "normalisation.json").read_bytes()
     n_before = spark.read.format("delta").load(str(copy / "tables" / "examples")).count()
-    with pytest.raises(StageError, match=rf"table 'users' \(.*users\) repeats user_id '{repeated}' \(2 rows\): each user needs one row"):
+    with pytest.raises(ContractError, match=rf"table '{table} \(.*{table}\)' repeats {name} {key} \(2 rows\): each {name} needs one row"):
         run_examples(spark, cfg, str(data), str(copy), log=lambda s: None)
     assert (copy / "artifacts" / "normalisation.json").read_bytes() == norm_before
     assert spark.read.format("delta").load(str(copy / "tables" / "examples")).count() == n_before

@@ -62,6 +62,7 @@ from .validate import (
     USER_SCHEMA,
     check_day_volume,
     check_schema,
+    check_unique,
     day_volumes,
     flag_interactions,
     split_flagged,
@@ -98,19 +99,6 @@ def _require_both_classes(n: int, positives: int, cfg: ExperimentConfig) -> None
     if n and positives in (0, n):
         only = "negative" if positives == 0 else "positive"
         raise StageError(f"label.rule {cfg.label.rule!r} makes every one of the {n:,} train rows {only}: a model needs both classes; change label.rule")
-
-
-def _require_one_row_per_user(users: DataFrame, path: str) -> None:
-    """Refuse a users table that repeats a user_id: the left join would copy that user's example
-    rows (a null user_id joins nothing and is let through)."""
-    repeated = users.filter(F.col(C.USER_ID).isNotNull()).groupBy(C.USER_ID).agg(F.count(F.lit(1)).alias("n")).filter(F.col("n") > 1)
-    first = repeated.orderBy(C.USER_ID).limit(3).collect()
-    if first:
-        shown = ", ".join(f"{r[C.USER_ID]!r} ({r['n']} rows)" for r in first)
-        raise StageError(
-            f"table 'users' ({path}) repeats user_id {shown}{' and more' if len(first) == 3 else ''}: each user needs one row, "
-            "or the join copies that user's examples; deduplicate the table and rerun from 'examples'"
-        )
 
 
 def _window_dates(cfg: ExperimentConfig) -> str:
@@ -293,7 +281,7 @@ def _performance_vectors(df: DataFrame) -> DataFrame:
 def _stats_as_of_previous_day(spark: SparkSession, input_dir: str, table: str, cfg: ExperimentConfig) -> DataFrame | None:
     """Stats keyed by (id, dt) shifted so that an example on day D joins the row of D-1 (files or PostgreSQL: `cfg.stats`);
     the columns are named after the table (``item_stats``' ctr: ``item_ctr``)."""
-    df = read_stats(spark, input_dir, table, cfg.stats, dates=stats_dates(cfg.window.validation_date, cfg.window.train_days))
+    df = read_stats(spark, input_dir, table, cfg.stats, dates=stats_dates(cfg.window.validation_date, cfg.window.train_days), one_row_per_key=True)
     if df is None:
         return None
     key, prefix = C.STATS_TABLES[table], table.removesuffix("_stats")
@@ -333,7 +321,8 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     users = io.read_table(spark, users_path, required=False)
     if users is not None:
         users = check_schema(users, USER_SCHEMA, "users").select(C.USER_ID, C.HANDSET_MAKER, C.ACTIVITY_PROFILE)
-        _require_one_row_per_user(users, users_path)
+        # a left join on user_id: a repeated user would copy that user's example rows
+        check_unique(users, [C.USER_ID], f"users ({users_path})", rerun_from="examples")
 
     def joined(item_part: DataFrame, df: DataFrame, *, with_users: bool = True) -> DataFrame:
         """``df`` (the examples) with the statistics, ``item_part``'s columns and the users' joined."""

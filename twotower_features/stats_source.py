@@ -25,7 +25,7 @@ from . import columns as C
 from . import io
 from .config import StatsConfig
 from .errors import UserError
-from .validate import check_schema, stats_schema
+from .validate import check_schema, check_unique, stats_schema
 
 JDBC_DRIVER = "org.postgresql.Driver"
 
@@ -119,13 +119,16 @@ def _date_range(df: DataFrame, dates: tuple[_dt.date, _dt.date] | None) -> DataF
 
 
 def read_stats(
-    spark: SparkSession, input_dir: str, name: str, stats: StatsConfig, *, dates: tuple[_dt.date, _dt.date] | None = None
+    spark: SparkSession, input_dir: str, name: str, stats: StatsConfig, *, dates: tuple[_dt.date, _dt.date] | None = None,
+    one_row_per_key: bool = False,
 ) -> DataFrame | None:
     """One statistics table (`user_stats`, `item_stats`, `creator_stats`), or None when it is absent.
 
     `dates` (first, last; inclusive) keeps those days only; the filter reaches the database
     (JDBC predicate push-down) or prunes partitions. Columns and types are checked at read:
     the key and `dt` are required, `ctr` / `timespent` must be numeric when present.
+    `one_row_per_key` refuses a table that repeats a (key, dt) in those days (``check_unique``):
+    the stages left-join the statistics on them, so a repeat would copy example rows.
     """
     if name not in C.STATS_TABLES:
         raise ValueError(f"unknown statistics table {name!r}; expected one of {sorted(C.STATS_TABLES)}")
@@ -138,8 +141,10 @@ def read_stats(
         where = io.table_path(input_dir, name)
     if df is None:
         return None
-    df = check_schema(df, stats_schema(key, df.columns), f"{name} ({where})")
-    return _date_range(df, dates)
+    df = _date_range(check_schema(df, stats_schema(key, df.columns), f"{name} ({where})"), dates)
+    if one_row_per_key:
+        check_unique(df, [key, C.DT], f"{name} ({where})", rerun_from="examples")
+    return df
 
 
 def stats_dates(validation_date: _dt.date, train_days: int) -> tuple[_dt.date, _dt.date]:

@@ -6,6 +6,7 @@ quarantine table, and is counted; the caller fails the run when their share exce
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import statistics
 from typing import Any, Mapping
 
@@ -108,6 +109,29 @@ def check_schema(df: DataFrame, expected: dict[str, tuple[str, tuple[type, ...]]
         if type_name == "timestamp" and isinstance(fields[name], T.TimestampNTZType):
             out = out.withColumn(name, F.col(name).cast("timestamp"))
     return out
+
+
+def check_unique(df: DataFrame, key: list[str], table: str, *, rerun_from: str) -> None:
+    """Refuse a table that repeats a value of ``key`` (a left join on it would copy the rows it
+    joins), naming up to three repeated values and their row counts. A row whose key holds a
+    null joins nothing and is let through. One aggregation; nothing is collected but the three."""
+    repeated = (
+        df.filter(functools.reduce(lambda a, b: a & b, [F.col(k).isNotNull() for k in key]))
+        .groupBy(*key).agg(F.count(F.lit(1)).alias("_rows"))
+        .filter(F.col("_rows") > 1)
+    )
+    first = repeated.orderBy(*key).limit(3).collect()
+    if first:
+        def value(r) -> str:
+            shown = [repr(r[k]) if isinstance(r[k], str) else str(r[k]) for k in key]
+            return shown[0] if len(key) == 1 else f"({', '.join(shown)})"
+
+        name = key[0] if len(key) == 1 else f"({', '.join(key)})"
+        listed = ", ".join(f"{value(r)} ({r['_rows']} rows)" for r in first)
+        raise ContractError(
+            f"table '{table}' repeats {name} {listed}{' and more' if len(first) == 3 else ''}: each {name} needs one row, "
+            f"or the join on it copies example rows; deduplicate the table and rerun from '{rerun_from}'"
+        )
 
 
 def _bad(col: str) -> F.Column:

@@ -13,6 +13,8 @@ from twotower_features.pipeline import _vocabulary
 from twotower_features.spec import Column, read_vocabulary
 from twotower_features.validate import (
     LINE_BREAKS,
+    ContractError,
+    check_unique,
     has_line_break,
     quarantine_interactions,
 )
@@ -85,6 +87,31 @@ def test_vocabulary_keeps_the_most_frequent_values_up_to_its_cap(spark):
     assert _vocabulary(frame, C.USER_ID, 1, 2) == (["a", "b"], 3)  # b and c tie: b by value
     assert _vocabulary(frame, C.USER_ID, 2, 3) == (["a", "b", "c"], 0)  # exactly 3 qualify
     assert _vocabulary(frame, C.USER_ID, 2, 10) == (["a", "b", "c"], 0)
+
+
+def test_check_unique_names_the_first_repeated_keys_and_lets_null_keys_through(spark):
+    d1, d2 = dt.date(2026, 7, 3), dt.date(2026, 7, 4)
+    rows = [
+        ("u1", d1), ("u1", d2), ("u2", d1),  # no repeat of (user_id, dt); u1 twice by user_id
+        (None, d1), (None, d1), ("u3", None), ("u3", None),  # a null in the key: joins nothing
+    ]
+    frame = spark.createDataFrame(rows, "user_id string, dt date")
+    assert check_unique(frame, [C.USER_ID, C.DT], "user_stats (s)", rerun_from="examples") is None
+    with pytest.raises(ContractError) as e:
+        check_unique(frame, [C.USER_ID], "users (p)", rerun_from="examples")
+    # u1 has 2 rows; u3's two rows count too (only a null in the key itself lets a row through)
+    assert str(e.value) == (
+        "table 'users (p)' repeats user_id 'u1' (2 rows), 'u3' (2 rows): each user_id needs one row, "
+        "or the join on it copies example rows; deduplicate the table and rerun from 'examples'"
+    )
+    repeated = spark.createDataFrame(rows + [("u2", d1)] * 2 + [("u1", d2), ("u0", d2), ("u0", d2), ("u4", d1), ("u4", d1)], "user_id string, dt date")
+    with pytest.raises(ContractError) as e:
+        check_unique(repeated, [C.USER_ID, C.DT], "user_stats (s)", rerun_from="examples")
+    # in key order: (u0, d2) 2 rows, (u1, d2) 2, (u2, d1) 3; (u4, d1) is the "more"
+    assert str(e.value).startswith(
+        "table 'user_stats (s)' repeats (user_id, dt) ('u0', 2026-07-04) (2 rows), ('u1', 2026-07-04) (2 rows), "
+        "('u2', 2026-07-03) (3 rows) and more: each (user_id, dt) needs one row"
+    )
 
 
 @pytest.fixture(scope="module")
