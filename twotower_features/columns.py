@@ -20,6 +20,9 @@ SHARED = "shared"
 DT = "dt"
 
 INTERACTION_COLUMNS = (USER_ID, ITEM_ID, EVENT_TS, TIME_SPENT, FRACTION_WATCHED, LIKED, SHARED, DT)
+# per-event measurements: almost every value differs, so Parquet's dictionary encoding of them
+# only costs write time before it falls back to plain pages (``io.write_delta(plain=...)``)
+PLAIN_ENCODED = (EVENT_TS, TIME_SPENT, FRACTION_WATCHED)
 
 # items
 CREATOR_ID = "creator_id"

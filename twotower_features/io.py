@@ -194,10 +194,13 @@ def read_table(spark: SparkSession, path: str, *, required: bool = True) -> Data
     return df.withColumns({c: _micros_from_nanos(c, utc, ntz) for c, utc in nanos.items()})
 
 
-def write_delta(df: DataFrame, path: str, *, partition_by: list[str], replace_where: str | None = None) -> None:
+def write_delta(df: DataFrame, path: str, *, partition_by: list[str], replace_where: str | None = None, plain: tuple[str, ...] = ()) -> None:
     """Write a Delta table; with `replace_where`, a rerun replaces exactly those rows (idempotent).
 
     Delta commits atomically: a failed write leaves the previous version readable.
+    The columns named in `plain` are stored without Parquet's dictionary encoding (for columns
+    whose values nearly all differ, where it only costs time). Delta does not pass a writer's
+    options to Parquet, so the setting is the session's for the duration of this write.
     """
     df = faults.wrap_delta_write(df, path)  # unchanged unless TWOTOWER_FAULT is set (tests)
     writer = df.write.format("delta").mode("overwrite").option("partitionOverwriteMode", "static")
@@ -205,7 +208,19 @@ def write_delta(df: DataFrame, path: str, *, partition_by: list[str], replace_wh
         writer = writer.option("replaceWhere", replace_where)
     else:
         writer = writer.option("overwriteSchema", "true")
-    writer.partitionBy(*partition_by).save(path)
+    conf = df.sparkSession.conf
+    keys = [f"parquet.enable.dictionary#{c}" for c in plain if c in df.columns]
+    before = {k: conf.get(k, None) for k in keys}
+    for k in keys:
+        conf.set(k, "false")
+    try:
+        writer.partitionBy(*partition_by).save(path)
+    finally:
+        for k, v in before.items():
+            if v is None:
+                conf.unset(k)
+            else:
+                conf.set(k, v)
 
 
 def _temporary(path: Path) -> Path:

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
 import pyarrow as pa
@@ -282,3 +283,35 @@ def test_a_missing_config_file(tmp_path):
     with pytest.raises(ConfigError) as e:
         ExperimentConfig.from_file(path)
     assert str(e.value) == f"config file {str(path)!r} does not exist"
+
+
+def test_a_delta_write_stores_the_plain_columns_without_a_dictionary_for_that_write_only(spark, tmp_path):
+    # Delta ignores a writer's Parquet options: the setting is the session's during the write
+    from twotower_features import columns as C
+
+    df = spark.range(5000).select(
+        (F.col("id") % 3).cast("string").alias(C.USER_ID),
+        F.timestamp_seconds(F.col("id")).alias(C.EVENT_TS),
+        (F.col("id") % 7).cast("double").alias(C.TIME_SPENT),  # 7 values: a dictionary would be used
+        (F.col("id") % 7).cast("double").alias("other"),  # the control: the same values, another name
+        F.lit(DAY).alias(C.DT),
+    )
+
+    def encodings(path) -> list[dict[str, tuple]]:
+        out = []
+        for f in spark.read.format("delta").load(str(path)).inputFiles():
+            meta = pq.ParquetFile(unquote(urlparse(f).path)).metadata
+            for g in range(meta.num_row_groups):
+                out.append({meta.row_group(g).column(i).path_in_schema: meta.row_group(g).column(i).encodings for i in range(meta.num_columns)})
+        assert out
+        return out
+
+    io.write_delta(df, str(tmp_path / "plain"), partition_by=[C.DT], plain=C.PLAIN_ENCODED)
+    for enc in encodings(tmp_path / "plain"):
+        assert "PLAIN_DICTIONARY" not in enc[C.EVENT_TS] and "PLAIN_DICTIONARY" not in enc[C.TIME_SPENT], enc
+        assert "PLAIN_DICTIONARY" in enc[C.USER_ID] and "PLAIN_DICTIONARY" in enc["other"], enc
+    assert spark.conf.get(f"parquet.enable.dictionary#{C.TIME_SPENT}", None) is None  # restored
+    io.write_delta(df, str(tmp_path / "default"), partition_by=[C.DT])
+    for enc in encodings(tmp_path / "default"):
+        assert "PLAIN_DICTIONARY" in enc[C.TIME_SPENT], enc
+    assert sorted(spark.read.format("delta").load(str(tmp_path / "plain")).collect()) == sorted(df.collect())
