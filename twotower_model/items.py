@@ -97,7 +97,7 @@ def items_artifact(
     frame_ids = pd.Index(table.column(C.ITEM_ID).to_pylist())
     pos = frame_ids.get_indexer(item_ids)
     known = pos >= 0
-    cfg = _resolved_config(features_dir)
+    cfg = resolved_config(features_dir)
     pca_cols = [n for n in table.column_names if n.endswith("_pca")]
     preferred = f"{cfg.embeddings.item_source}_pca" if cfg is not None else None
     col = preferred if preferred in pca_cols else (pca_cols[0] if pca_cols else None)
@@ -139,7 +139,7 @@ def items_artifact(
     )
 
 
-def _resolved_config(features_dir: str | Path) -> ExperimentConfig | None:
+def resolved_config(features_dir: str | Path) -> ExperimentConfig | None:
     """The features folder's resolved config, or None where the folder has none."""
     path = Path(features_dir) / FL.RESOLVED_CONFIG
     return ExperimentConfig.from_dict(json.loads(path.read_text())) if path.is_file() else None

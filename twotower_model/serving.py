@@ -122,7 +122,7 @@ def write_export(
     trained on ``features_dir`` (refused otherwise, ``provenance.check_model``). Returns the
     manifest (also ``export.json``)."""
     from .evaluate import user_embeddings_at_rows
-    from .items import _resolved_config
+    from .items import resolved_config
 
     started = time.perf_counter()
     model_dir, features_dir, out = Path(model_dir), Path(features_dir), Path(out_dir)
@@ -147,7 +147,7 @@ def write_export(
     vecs = user_embeddings_at_rows(model_dir, features_dir, spec, chosen["row"].to_numpy(), records, side="query")
     if vecs.shape[1] != vectors.shape[1]:
         raise ValueError(f"user queries have {vecs.shape[1]} dimensions, the item embeddings {vectors.shape[1]}: retrain {str(model_dir)!r}")
-    cfg = _resolved_config(features_dir)
+    cfg = resolved_config(features_dir)
     validation_date = str(cfg.window.validation_date) if cfg is not None else None
     users_file = Path(users_file) if users_file is not None else out / "user_embeddings.parquet"
     pq.write_table(user_table(chosen[C.USER_ID].to_numpy(), vecs, chosen[AS_OF].to_numpy(), identity, validation_date), users_file)
