@@ -30,7 +30,7 @@ from pyspark.sql.types import ArrayType
 
 from . import columns as C
 from . import filters as flt
-from . import io
+from . import io, zscore
 from . import layout as L
 from .config import ExperimentConfig
 from .embeddings import (
@@ -249,26 +249,6 @@ def run_embeddings(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, o
 
 
 # --------------------------------------------------------------------------------------- 3
-def _zscore_fit(df: DataFrame, cols: list[str]) -> dict[str, tuple[float, float]]:
-    if not cols:
-        return {}
-    aggs = []
-    for c in cols:
-        aggs += [F.avg(c).alias(f"{c}__m"), F.stddev_pop(c).alias(f"{c}__s")]
-    row = df.agg(*aggs).collect()[0]
-    out = {}
-    for c in cols:
-        m, s = row[f"{c}__m"], row[f"{c}__s"]
-        out[c] = (float(m) if m is not None else 0.0, float(s) if s else 1.0)
-    return out
-
-
-def _zscore_apply(df: DataFrame, stats: dict[str, tuple[float, float]]) -> DataFrame:
-    for c, (m, s) in stats.items():
-        df = df.withColumn(c, F.coalesce(((F.col(c) - F.lit(m)) / F.lit(s if s > 0 else 1.0)), F.lit(0.0)).cast("float"))
-    return df
-
-
 def _performance_vectors(df: DataFrame) -> DataFrame:
     """`item_performance` / `creator_performance`: the (normalised) numeric columns as one vector, in name order."""
     for prefix, name in ((C.ITEM_PERFORMANCE_PREFIX, "item_performance"), (C.CREATOR_PERFORMANCE_PREFIX, "creator_performance")):
@@ -316,7 +296,8 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
 
     # statistics as of the day before, normalised with train statistics
     stats = {table: _stats_as_of_previous_day(spark, input_dir, table, cfg) for table in C.STATS_TABLES}
-    stat_cols = [c for table, st in stats.items() if st is not None for c in st.columns if c not in (C.STATS_TABLES[table], C.DT)]
+    origin = {c: table for table, st in stats.items() if st is not None for c in st.columns if c not in (C.STATS_TABLES[table], C.DT)}
+    stat_cols = list(origin)
     users_path = io.table_path(input_dir, "users")
     users = io.read_table(spark, users_path, required=False)
     if users is not None:
@@ -338,11 +319,12 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     full = joined(items.select(*item_cols), examples)
     # the users add no normalised column, and with one row per user their join keeps the rows
     fit_rows = joined(items.select(*item_cols), examples, with_users=False)
-    norm = _zscore_fit(fit_rows.filter(F.col(C.SPLIT) == C.TRAIN), stat_cols + perf_cols)
+    origin.update({c: "items" for c in perf_cols})
+    norm = zscore.fit(fit_rows.filter(F.col(C.SPLIT) == C.TRAIN), stat_cols + perf_cols, origin)
     io.write_json_atomic(L.path(out, L.NORMALISATION), norm)
 
     def finished(df: DataFrame) -> DataFrame:
-        return _performance_vectors(_zscore_apply(df, norm))
+        return _performance_vectors(zscore.apply(df, norm))
 
     # the table's columns, in their order: the examples with the items' columns but their vectors
     # (per item, in artifacts/items.parquet: not copied to every example; the tfrecords stage
@@ -526,14 +508,14 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
         shards[split] = listed(split, res)
     item_cols = [c for c in sized if c.tower == "item" or c.name == C.ITEM_ID]
     norm = json.loads(Path(out, L.NORMALISATION).read_text())
-    items = _zscore_apply(items, {k: v for k, v in norm.items() if k in items.columns})
+    items = zscore.apply(items, {k: v for k, v in norm.items() if k in items.columns})
     items = _performance_vectors(items)
     last_day = cfg.window.validation_date
     for table in ("item_stats", "creator_stats"):
         st = _stats_as_of_previous_day(spark, input_dir, table, cfg)
         if st is not None:
             st = st.filter(F.col(C.DT) == F.lit(last_day)).drop(C.DT)
-            items = _zscore_apply(items.join(st, C.STATS_TABLES[table], "left"), {k: v for k, v in norm.items() if k in st.columns})
+            items = zscore.apply(items.join(st, C.STATS_TABLES[table], "left"), {k: v for k, v in norm.items() if k in st.columns})
     res = write_tfrecords(items.select(*[c.name for c in item_cols]), L.path(out, L.tfrecords("catalog")), item_cols, num_shards=1, sort_by=[C.ITEM_ID])
     rows["catalog"] = int(res["rows"])
     shards["catalog"] = listed("catalog", res)

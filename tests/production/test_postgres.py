@@ -130,13 +130,10 @@ def test_nightly_with_postgres_statistics_equals_files_and_never_writes_the_pass
     a, b = digest(spark, from_files), digest(spark, from_db)
     for key in ("tables/examples", "tfrecords/train", "tfrecords/validation", "tfrecords/catalog", "feature_spec.json"):
         assert a[key] == b[key], key
-    # the normalisation statistics agree to the last few bits: this process ran local[1], the
-    # fixture local[2], and a double sum depends on the order of its terms
+    # the normalisation statistics are the same bit for bit, although this process ran local[1]
+    # and the fixture local[2]: the fit's sums are exact, so the order of their terms does not matter
+    assert (from_db / "artifacts" / "normalisation.json").read_bytes() == (from_files / "artifacts" / "normalisation.json").read_bytes()
     norm = json.loads((from_db / "artifacts" / "normalisation.json").read_text())
-    norm_files = json.loads((from_files / "artifacts" / "normalisation.json").read_text())
-    assert sorted(norm) == sorted(norm_files)
-    for k in norm:
-        assert norm[k] == pytest.approx(norm_files[k], rel=1e-12), k
     # the statistics did reach the examples: their train mean is fitted from joined rows (0.0 when none joined)
     assert norm["user_ctr"][0] > 0 and norm["item_ctr"][0] > 0 and norm["creator_ctr"][0] > 0
     # the password: nowhere (Spark logged at INFO, so the process printed a lot)
