@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+from fractions import Fraction
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import Window
 from pyspark.sql import functions as F
@@ -207,12 +211,15 @@ def test_statistics_are_those_of_the_day_before_normalised_with_train_statistics
             col = f"{prefix}_{stat}"
             m, s = norm[col]
             # the independent fit: train examples joined to their D-1 row, population mean and std
-            train_raw = (
+            # in exact rational arithmetic (two passes): the fit's mean is this one rounded once
+            values = [Fraction(r["v"]) for r in (
                 ex.filter(F.col(C.SPLIT) == "train").select(key, C.DT)
                 .join(raw.select(key, F.date_add(C.DT, 1).alias(C.DT), F.col(stat).alias("v")), [key, C.DT], "left")
-                .agg(F.avg("v").alias("m"), F.stddev_pop("v").alias("s")).collect()[0]
-            )
-            assert m == pytest.approx(train_raw["m"], rel=1e-9) and s == pytest.approx(train_raw["s"], rel=1e-9), col
+                .filter(F.col("v").isNotNull()).select("v").collect()
+            )]
+            mean = sum(values, Fraction(0)) / len(values)
+            std = math.sqrt(sum(((v - mean) ** 2 for v in values), Fraction(0)) / len(values))
+            assert m == float(mean) and s == pytest.approx(std, rel=1e-15), col
             joined = ex.select(key, C.DT, col).join(
                 raw.select(key, F.date_add(C.DT, 1).alias(C.DT), F.col(stat).alias("prev")), [key, C.DT], "left"
             ).withColumn("expected", F.coalesce((F.col("prev") - F.lit(m)) / F.lit(s), F.lit(0.0)))
@@ -221,6 +228,21 @@ def test_statistics_are_those_of_the_day_before_normalised_with_train_statistics
             np.testing.assert_allclose([r[col] for r in rows], [r["expected"] for r in rows], rtol=1e-5, atol=1e-5, err_msg=col)
             checked += len(rows)
     assert checked > 0
+
+
+def test_the_per_event_columns_of_both_tables_are_stored_without_a_dictionary(spark, built):
+    """tables/filtered and tables/examples store event_ts, time_spent and fraction_watched plain
+    (C.PLAIN_ENCODED), every file and row group; the ids keep their dictionary."""
+    _, out, _, _ = built
+    for table in ("filtered", "examples"):
+        files = spark.read.format("delta").load(str(out / "tables" / table)).inputFiles()
+        assert files, table
+        for f in files:
+            meta = pq.ParquetFile(unquote(urlparse(f).path)).metadata
+            for g in range(meta.num_row_groups):
+                enc = {meta.row_group(g).column(i).path_in_schema: meta.row_group(g).column(i).encodings for i in range(meta.num_columns)}
+                assert all("PLAIN_DICTIONARY" not in enc[c] for c in C.PLAIN_ENCODED), (table, enc)
+                assert "PLAIN_DICTIONARY" in enc[C.USER_ID], (table, enc)
 
 
 def test_empty_window_fails_before_any_write(spark, built, tmp_path):
