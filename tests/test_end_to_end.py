@@ -228,6 +228,16 @@ def test_statistics_are_those_of_the_day_before_normalised_with_train_statistics
             np.testing.assert_allclose([r[col] for r in rows], [r["expected"] for r in rows], rtol=1e-5, atol=1e-5, err_msg=col)
             checked += len(rows)
     assert checked > 0
+    # the items' performance columns: the train examples joined to the items, exactly as above
+    items = spark.read.parquet(str(out / "artifacts" / "items.parquet"))
+    perf = [c for c in norm if c.startswith((C.ITEM_PERFORMANCE_PREFIX, C.CREATOR_PERFORMANCE_PREFIX))]
+    assert perf
+    train_items = ex.filter(F.col(C.SPLIT) == "train").select(C.ITEM_ID).join(items, C.ITEM_ID, "left")
+    for col in perf:
+        values = [Fraction(r[0]) for r in train_items.select(col).filter(F.col(col).isNotNull()).collect()]
+        mean = sum(values, Fraction(0)) / len(values)
+        std = math.sqrt(sum(((v - mean) ** 2 for v in values), Fraction(0)) / len(values))
+        assert norm[col][0] == float(mean) and norm[col][1] == pytest.approx(std if std > 0 else 1.0, rel=1e-15), col
 
 
 def test_the_per_event_columns_of_both_tables_are_stored_without_a_dictionary(spark, built):
