@@ -46,12 +46,10 @@ from .history import HistoryParams, compute_histories
 from .labels import add_label, add_weight
 from .report import StageReport
 from .sampling import (
-    downsample,
     in_user_sample,
     is_example,
     ratio_string,
     rebalance_rates,
-    sample_users,
     split_and_class_counts,
 )
 from .spec import Column, FeatureSpec
@@ -277,22 +275,16 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     filtered = spark.read.format("delta").load(L.path(out, L.FILTERED)).filter(window_filter(cfg.window))
     rep.rows_in, pos, neg = split_and_class_counts(filtered, cfg.sampling)  # the sampled train rows' classes, for rebalancing
 
-    # user sampling keeps all rows of a sampled user, so histories of sampled users see every
-    # filtered row of theirs (train and validation), as if computed before sampling
-    sampled = filtered if cfg.sampling.validation else filtered.filter(F.col(C.SPLIT) == C.TRAIN)
-    sampled = sample_users(sampled, cfg.sampling)
-    if not cfg.sampling.validation:
-        sampled = sampled.unionByName(filtered.filter(F.col(C.SPLIT) == C.VALIDATION))
     items = spark.read.parquet(L.path(out, L.ITEMS))
-
-    train_s = sampled.filter(F.col(C.SPLIT) == C.TRAIN)
     pos_rate, neg_rate = rebalance_rates(pos, neg, cfg.sampling.target_pos_neg_ratio)
     rep.facts["sampled_train_pos_neg"] = ratio_string(pos, neg)
     rep.facts["user_fraction"] = cfg.sampling.user_fraction
     rep.facts["rebalance_keep_rates"] = {"positive": round(pos_rate, 6), "negative": round(neg_rate, 6)}
-    examples = train_s.transform(lambda d: downsample(d, pos_rate, neg_rate, cfg.sampling.seed)).unionByName(
-        sampled.filter(F.col(C.SPLIT) == C.VALIDATION)
-    )
+    # the example rows: the train rows of sampled users that rebalancing keeps, and the validation
+    # rows (of sampled users too with `sampling.validation`); one predicate, which the histories'
+    # events below carry as a flag (user sampling keeps all rows of a sampled user, so the
+    # histories of sampled users see every filtered row of theirs, as if computed before sampling)
+    examples = filtered.filter(is_example(cfg.sampling, pos_rate, neg_rate))
 
     # statistics as of the day before, normalised with train statistics
     stats = {table: _stats_as_of_previous_day(spark, input_dir, table, cfg) for table in C.STATS_TABLES}
