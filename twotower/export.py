@@ -60,11 +60,11 @@ def run_export(
     out_p = check_export_output(out, model_dir, features_dir)
     I.choose_kind(0, exact_limit, kind)  # a bad choice fails before any work
     check_model(model_dir, features_dir)
-    export_identity(model_dir)  # the model folder is whole
+    identity = export_identity(model_dir)  # the model folder is whole (hashed once: write_export takes it)
     with staged(out_p, drop=EXPORT_FILES, lock_wait_s=lock_wait_s, log=log) as build:
         users = build / USERS_PARQUET
         manifest = write_export(
-            model_dir, features_dir, build, kind=kind, exact_limit=exact_limit, users_file=users, progress=log,
+            model_dir, features_dir, build, kind=kind, exact_limit=exact_limit, users_file=users, identity=identity, progress=log,
         )
         log(f"writing the Delta table {ML.USER_EMBEDDINGS_TABLE}/ ({manifest['users']:,} users)")
         session = spark()

@@ -63,9 +63,9 @@ class Sums:
         return Sums(self.n + other.n, self.linear + other.linear, self.square + other.square, self.nonfinite + other.nonfinite)
 
     def mean_std(self) -> tuple[float, float]:
-        """(mean, population standard deviation), each rounded once from the exact value; with
-        no value (0.0, 1.0), and a standard deviation of 0 reported as 1.0 (the z-score then
-        only centres the column)."""
+        """(mean, population standard deviation): the mean rounded once from the exact one, the
+        deviation the root of the exact variance (to float64's precision); with no value
+        (0.0, 1.0), and a deviation of 0 reported as 1.0 (the z-score then only centres the column)."""
         if self.n == 0:
             return 0.0, 1.0
         mean = float(Fraction(self.linear, self.n << _LINEAR))

@@ -115,12 +115,14 @@ def write_export(
     exact_limit: int = I.EXACT_LIMIT,
     users_file: str | Path | None = None,
     seed: int = 0,
+    identity: dict[str, Any] | None = None,
     progress: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Write the index, its item ids, ``export.json`` and the user embeddings (Parquet at
     ``users_file``, default ``out_dir/user_embeddings.parquet``) of the model in ``model_dir``,
-    trained on ``features_dir`` (refused otherwise, ``provenance.check_model``). Returns the
-    manifest (also ``export.json``)."""
+    trained on ``features_dir`` (refused otherwise, ``provenance.check_model``). ``identity``:
+    ``export_identity(model_dir)`` when the caller has it already (it hashes the model's files).
+    Returns the manifest (also ``export.json``)."""
     from .evaluate import user_embeddings_at_rows
     from .items import resolved_config
 
@@ -129,7 +131,7 @@ def write_export(
     spec = FeatureSpec.load(features_dir)
     check_model(model_dir, features_dir)
     records = check_split_files(features_dir, ["validation"], spec)["validation"]
-    identity = export_identity(model_dir)
+    identity = export_identity(model_dir) if identity is None else identity
     I.choose_kind(0, exact_limit, kind)  # the kind and the limit, refused before any work
     out.mkdir(parents=True, exist_ok=True)
 
