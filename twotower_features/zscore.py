@@ -45,19 +45,27 @@ class Sums:
     nonfinite: int = 0
 
     @staticmethod
-    def of(values: pa.Array) -> Sums:
-        """The exact sums of a float64 Arrow array (nulls left out)."""
-        x = values.drop_null().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    def of(values: pa.Array, weights: pa.Array | None = None) -> Sums:
+        """The exact sums of a float64 Arrow array (nulls left out), each value counted once or
+        ``weights`` times (non-negative integers, no null: a value that stands for that many rows).
+        A weighted sum is the sum over the weights' bits: sum(w * x) == sum over k of
+        2**k * sum(x where bit k of w is set), each an unweighted exact sum shifted by k."""
+        valid = values.is_valid().to_numpy(zero_copy_only=False)
+        x = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[valid]
+        w = None if weights is None else weights.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)[valid]
+        if w is not None and w.size and int(w.min()) < 0:
+            raise ValueError(f"weights must not be negative, got {int(w.min())}")
         finite = np.isfinite(x)
-        nonfinite = int(x.size - np.count_nonzero(finite))
-        if nonfinite:
-            x = x[finite]
+        if w is None:
+            n, nonfinite = int(np.count_nonzero(finite)), int(x.size - np.count_nonzero(finite))
+            return Sums(n, *_exact(x[finite]), nonfinite)
+        x, wf = x[finite], w[finite]
         linear = square = 0
-        for start in range(0, x.size, _CHUNK):
-            lin, sq = _chunk_sums(x[start:start + _CHUNK])
-            linear += lin
-            square += sq
-        return Sums(int(x.size), linear, square, nonfinite)
+        for k in range(int(wf.max()).bit_length() if wf.size else 0):
+            lin, sq = _exact(x[(wf >> k) & 1 == 1])
+            linear += lin << k
+            square += sq << k
+        return Sums(int(wf.sum()), linear, square, int(w[~finite].sum()))
 
     def merge(self, other: Sums) -> Sums:
         return Sums(self.n + other.n, self.linear + other.linear, self.square + other.square, self.nonfinite + other.nonfinite)
@@ -75,6 +83,16 @@ class Sums:
         spread = self.n * self.square - self.linear * self.linear
         std = float(Fraction(math.isqrt(spread << 128), (self.n << _LINEAR) << 64))
         return mean, (std if std > 0 else 1.0)
+
+
+def _exact(x: np.ndarray) -> tuple[int, int]:
+    """sum(x) * 2**1126 and sum(x*x) * 2**2252 of finite doubles, exactly."""
+    linear = square = 0
+    for start in range(0, x.size, _CHUNK):
+        lin, sq = _chunk_sums(x[start:start + _CHUNK])
+        linear += lin
+        square += sq
+    return linear, square
 
 
 def _chunk_sums(x: np.ndarray) -> tuple[int, int]:
@@ -102,25 +120,31 @@ def _chunk_sums(x: np.ndarray) -> tuple[int, int]:
 _TASK_SCHEMA = "column string, n long, nonfinite long, linear string, square string"
 
 
-def fit(df: DataFrame, cols: list[str], origin: Mapping[str, str] | None = None, *, rerun_from: str = "examples") -> dict[str, tuple[float, float]]:
+def fit(
+    df: DataFrame, cols: list[str], origin: Mapping[str, str] | None = None, *, weight: str | None = None, rerun_from: str = "examples"
+) -> dict[str, tuple[float, float]]:
     """{column: (mean, population standard deviation)} of ``df``'s numeric ``cols``, exactly
     (see the module): one pass, each task adding its rows' sums, the driver adding the tasks'.
-    A NaN or infinite value is the input's mistake: a ``ContractError`` names the column and,
-    from ``origin`` ({column: table}), the table it comes from."""
+    With ``weight``, each row stands for that many rows (a non-negative integer column: a
+    count per key), and the statistics are exactly those of the rows it stands for. A NaN or
+    infinite value is the input's mistake: a ``ContractError`` names the column and, from
+    ``origin`` ({column: table}), the table it comes from."""
     if not cols:
         return {}
+    weights = [F.coalesce(F.col(weight).cast("long"), F.lit(0)).alias(weight)] if weight else []
 
     def per_task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         sums = [Sums() for _ in cols]
         for batch in batches:
-            sums = [s.merge(Sums.of(batch.column(i))) for i, s in enumerate(sums)]
+            w = batch.column(len(cols)) if weight else None
+            sums = [s.merge(Sums.of(batch.column(i), w)) for i, s in enumerate(sums)]
         yield pa.RecordBatch.from_pydict({
             "column": cols, "n": [s.n for s in sums], "nonfinite": [s.nonfinite for s in sums],
             "linear": [str(s.linear) for s in sums], "square": [str(s.square) for s in sums],
         })
 
     total = {c: Sums() for c in cols}
-    for r in df.select(*[F.col(c).cast("double") for c in cols]).mapInArrow(per_task, _TASK_SCHEMA).collect():
+    for r in df.select(*[F.col(c).cast("double") for c in cols], *weights).mapInArrow(per_task, _TASK_SCHEMA).collect():
         total[r["column"]] = total[r["column"]].merge(Sums(int(r["n"]), int(r["linear"]), int(r["square"]), int(r["nonfinite"])))
     for c, s in total.items():
         if s.nonfinite:

@@ -39,6 +39,24 @@ def test_sums_equal_the_exact_rational_sums_over_the_whole_float_range(seed):
     assert Fraction(s.square, 2 ** 2252) == sq
 
 
+def test_weighted_sums_equal_the_sums_of_the_rows_each_value_stands_for():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(5_000) * 10.0 ** rng.integers(-30, 30, 5_000)
+    x[:len(AWKWARD)] = AWKWARD
+    w = rng.integers(0, 40, 5_000)
+    w[:3] = [2 ** 40 + 5, 0, 1]  # a weight far beyond any chunk, a zero weight
+    s = Sums.of(pa.array(x), pa.array(w))
+    assert (s.n, s.nonfinite) == (int(w.sum()), 0)
+    assert Fraction(s.linear, 2 ** 1126) == sum(Fraction(v) * int(k) for v, k in zip(x.tolist(), w.tolist()))
+    assert Fraction(s.square, 2 ** 2252) == sum(Fraction(v) ** 2 * int(k) for v, k in zip(x.tolist(), w.tolist()))
+    # against the rows themselves (the weights small enough to repeat them)
+    small = w[3:]
+    assert Sums.of(pa.array(x[3:]), pa.array(small)) == Sums.of(pa.array(np.repeat(x[3:], small)))
+    # a null value leaves its weight out; a NaN counts as many non-finite rows as its weight
+    s = Sums.of(pa.array([1.0, None, float("nan"), 3.0], type=pa.float64()), pa.array([2, 5, 3, 1]))
+    assert (s.n, s.nonfinite, s.mean_std()[0]) == (3, 3, 5 / 3)
+
+
 def test_sums_leave_nulls_out_and_count_nan_and_infinities_apart():
     s = Sums.of(pa.array([1.5, None, float("nan"), 2.5, float("inf"), None, float("-inf")], type=pa.float64()))
     assert (s.n, s.nonfinite) == (2, 3)
@@ -83,6 +101,14 @@ def test_the_spark_fit_is_the_same_for_any_partitioning_and_matches_the_exact_st
         n, lin, sq = exact([row[i] for row in rows if row[i] is not None])
         mean = lin / n
         assert fits[0][col] == (float(mean), math.sqrt(float(sq / n - mean * mean)))
+
+
+def test_the_weighted_spark_fit_equals_the_fit_over_the_rows_the_weights_stand_for(spark):
+    r = random.Random(6)
+    keys = [(r.uniform(0, 1), r.lognormvariate(3, 2) if i % 7 else None, r.randint(1, 9)) for i in range(400)]
+    weighted = spark.createDataFrame(keys, "ctr double, timespent double, n int").repartition(5)
+    rows = spark.createDataFrame([(c, t) for c, t, n in keys for _ in range(n)], "ctr double, timespent double").repartition(3)
+    assert zscore.fit(weighted, ["ctr", "timespent"], weight="n") == zscore.fit(rows, ["ctr", "timespent"])
 
 
 def test_a_nan_on_the_train_rows_names_the_column_and_its_table(spark):
