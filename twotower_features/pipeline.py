@@ -270,8 +270,6 @@ def _stats_as_of_previous_day(spark: SparkSession, input_dir: str, table: str, c
 
 
 _COUNT = "_n"
-
-
 _BY_USER, _BY_ITEM = 0b010, 0b100  # grouping_id: a bit per grouping column, set where a row aggregates it away
 
 
@@ -323,8 +321,8 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
 
     # statistics as of the day before, normalised with train statistics
     stats = {table: _stats_as_of_previous_day(spark, input_dir, table, cfg) for table in C.STATS_TABLES}
+    # the normalised columns, each with the table it comes from (the items' are added below)
     origin = {c: table for table, st in stats.items() if st is not None for c in st.columns if c not in (C.STATS_TABLES[table], C.DT)}
-    stat_cols = list(origin)
     users_path = io.table_path(input_dir, "users")
     users = io.read_table(spark, users_path, required=False)
     if users is not None:
@@ -350,7 +348,7 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     counts = _train_counts_per_key(examples.filter(F.col(C.SPLIT) == C.TRAIN)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         fit_rows = _fit_rows_per_key(counts, items.select(C.ITEM_ID, C.CREATOR_ID, *perf_cols), stats)
-        norm = zscore.fit(fit_rows, stat_cols + perf_cols, origin, weight=_COUNT)
+        norm = zscore.fit(fit_rows, list(origin), origin, weight=_COUNT)
     finally:
         counts.unpersist()
     io.write_json_atomic(L.path(out, L.NORMALISATION), norm)

@@ -52,13 +52,13 @@ class Sums:
         2**k * sum(x where bit k of w is set), each an unweighted exact sum shifted by k."""
         valid = values.is_valid().to_numpy(zero_copy_only=False)
         x = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[valid]
-        w = None if weights is None else weights.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)[valid]
-        if w is not None and w.size and int(w.min()) < 0:
-            raise ValueError(f"weights must not be negative, got {int(w.min())}")
+        if weights is None:
+            w = np.ones(x.size, dtype=np.int64)  # one bit: the loop below is one unweighted sum
+        else:
+            w = weights.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)[valid]
+            if w.size and int(w.min()) < 0:
+                raise ValueError(f"weights must not be negative, got {int(w.min())}")
         finite = np.isfinite(x)
-        if w is None:
-            n, nonfinite = int(np.count_nonzero(finite)), int(x.size - np.count_nonzero(finite))
-            return Sums(n, *_exact(x[finite]), nonfinite)
         x, wf = x[finite], w[finite]
         linear = square = 0
         for k in range(int(wf.max()).bit_length() if wf.size else 0):
