@@ -270,36 +270,13 @@ def _stats_as_of_previous_day(spark: SparkSession, input_dir: str, table: str, c
 
 
 _COUNT = "_n"
-_BY_USER, _BY_ITEM = 0b010, 0b100  # grouping_id: a bit per grouping column, set where a row aggregates it away
 
 
 def _train_counts_per_key(train: DataFrame) -> DataFrame:
-    """The train examples counted per (user_id, dt) and per (item_id, dt), in one aggregation:
-    user_id, item_id, dt, ``_COUNT`` and ``_set`` (``_BY_USER`` or ``_BY_ITEM``)."""
-    return train.groupingSets([[C.USER_ID, C.DT], [C.ITEM_ID, C.DT]], C.USER_ID, C.ITEM_ID, C.DT).agg(
-        F.count(F.lit(1)).alias(_COUNT), F.grouping_id().alias("_set")
-    )
-
-
-def _fit_rows_per_key(counts: DataFrame, items: DataFrame, stats: dict[str, DataFrame | None]) -> DataFrame:
-    """The normalisation fit's rows, one per key instead of one per train example: per (user_id,
-    dt) the user's statistics, per (item_id, dt) the item's and its creator's statistics and the
-    item's columns (``items``: item_id, creator_id, the performance columns), each row with
-    ``_COUNT``, the number of train examples it stands for (``counts``: ``_train_counts_per_key``).
-    A key's values are the same on each of its examples, so ``zscore.fit(weight=_COUNT)`` over
-    these rows sums exactly the values of the examples joined row by row (its sums are exact, so
-    the statistics are the same bit for bit), without joining every example: 0.71x the time of
-    that fit at 50M events, 1.26x at 10M (docs/scale.md), and the gap grows with the data."""
-    per_user = counts.filter(F.col("_set") == _BY_USER).select(C.USER_ID, C.DT, _COUNT)
-    per_item = counts.filter(F.col("_set") == _BY_ITEM).select(C.ITEM_ID, C.DT, _COUNT).join(items, C.ITEM_ID, "left")
-    for table, key in C.STATS_TABLES.items():
-        if stats[table] is None:
-            continue
-        if key == C.USER_ID:
-            per_user = per_user.join(stats[table], [key, C.DT], "left")
-        else:
-            per_item = per_item.join(stats[table], [key, C.DT], "left")
-    return per_user.unionByName(per_item, allowMissingColumns=True)
+    """The train examples counted per (user_id, dt) and per (item_id, dt), in one aggregation
+    (grouping sets): user_id, item_id, dt and ``_COUNT``. A per-user row has no item_id and a
+    per-item row no user_id, so joined on either key a row matches only its own kind."""
+    return train.groupingSets([[C.USER_ID, C.DT], [C.ITEM_ID, C.DT]], C.USER_ID, C.ITEM_ID, C.DT).agg(F.count(F.lit(1)).alias(_COUNT))
 
 
 def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
@@ -330,27 +307,30 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
         # a left join on user_id: a repeated user would copy that user's example rows
         check_unique(users, [C.USER_ID], f"users ({users_path})", rerun_from="examples")
 
-    def joined(item_part: DataFrame, df: DataFrame) -> DataFrame:
-        """``df`` (the examples) with the statistics, ``item_part``'s columns and the users' joined."""
+    def joined(item_part: DataFrame, df: DataFrame, with_users: bool = True) -> DataFrame:
+        """``df`` (the examples, or the train counts per key) with the statistics, ``item_part``'s
+        columns and, ``with_users``, the users' joined."""
         for table, key in C.STATS_TABLES.items():
             if key == C.CREATOR_ID:  # creator_id comes with the items
                 df = df.join(item_part, C.ITEM_ID, "left")
             if stats[table] is not None:
                 df = df.join(stats[table], [key, C.DT], "left")
-        return df if users is None else df.join(users, C.USER_ID, "left")
+        return df if users is None or not with_users else df.join(users, C.USER_ID, "left")
 
     item_cols = [c for c in items.columns if c not in ("item_idx",)]
     perf_cols = sorted(c for c in items.columns if c.startswith((C.ITEM_PERFORMANCE_PREFIX, C.CREATOR_PERFORMANCE_PREFIX)))
     full = joined(items.select(*item_cols), examples)
     origin.update({c: "items" for c in perf_cols})
-    # the counts are cached: each half of the fit's rows reads them (uncached, each would
-    # aggregate the examples again)
-    counts = _train_counts_per_key(examples.filter(F.col(C.SPLIT) == C.TRAIN)).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        fit_rows = _fit_rows_per_key(counts, items.select(C.ITEM_ID, C.CREATOR_ID, *perf_cols), stats)
-        norm = zscore.fit(fit_rows, list(origin), origin, weight=_COUNT)
-    finally:
-        counts.unpersist()
+    # the normalisation fit's rows, one per key instead of one per train example: the train
+    # examples counted per (user_id, dt) and per (item_id, dt), joined as the examples are (a
+    # per-user row gets its user's statistics only, a per-item row its item's, its creator's and
+    # the item's columns). A key's values are the same on each of its examples, so the fit
+    # weighted by the counts sums exactly the values of the examples joined row by row (its sums
+    # are exact: the same statistics bit for bit), without joining every example (0.71x the time
+    # of that fit at 50M events, docs/scale.md). One aggregation under left joins: a union of a
+    # per-user and a per-item half recomputed the aggregation in the second half, cached or not.
+    fit_rows = joined(items.select(C.ITEM_ID, C.CREATOR_ID, *perf_cols), _train_counts_per_key(examples.filter(F.col(C.SPLIT) == C.TRAIN)), with_users=False)
+    norm = zscore.fit(fit_rows, list(origin), origin, weight=_COUNT)
     io.write_json_atomic(L.path(out, L.NORMALISATION), norm)
 
     def finished(df: DataFrame) -> DataFrame:
