@@ -170,7 +170,7 @@ def fit_model(
     else:
         epoch_examples = steps * model_cfg.batch_size
         train_ds = strategy.distribute_datasets_from_function(
-            partial(_worker_train_dataset, feat_dir, spec, model_cfg, columns, catalog, steps, in_memory)
+            partial(_worker_train_dataset, feat_dir, spec, model_cfg, columns, catalog, in_memory)
         )
     load_seconds = time.perf_counter() - loading
     if in_memory:
@@ -183,7 +183,11 @@ def fit_model(
     elif checkpoint_dir is not None:
         resumed = _prepare_checkpoint(Path(checkpoint_dir), model_cfg, feat_dir, progress)
         callbacks.insert(0, keras.callbacks.BackupAndRestore(str(checkpoint_dir), save_freq="epoch", double_checkpoint=True))
-    history = trainer.fit(train_ds, epochs=model_cfg.epochs, verbose=0, shuffle=False, callbacks=callbacks)
+    # multi-worker: each worker's batches repeat without end and Keras keeps one iterator over
+    # them for every epoch of `steps` steps (`steps_per_epoch`), so each reshuffle's seed is drawn
+    # in the stream's order and the epochs are the same in every run
+    per_epoch = {} if strategy is None else {"steps_per_epoch": steps}
+    history = trainer.fit(train_ds, epochs=model_cfg.epochs, verbose=0, shuffle=False, callbacks=callbacks, **per_epoch)
     losses = [float(x) for x in history.history.get("loss", [])]
     epochs_run = model_cfg.epochs - resumed
     timed_examples = epoch_examples * epochs_run - min(timer.warm_batches * model_cfg.batch_size, epoch_examples)
@@ -265,11 +269,15 @@ def train(
 
 def _worker_train_dataset(
     feat_dir: Path, spec: FeatureSpec, cfg: ModelConfig, columns: list[str], catalog: dict[str, tf.Tensor] | None,
-    steps: int, in_memory: bool, context: tf.distribute.InputContext,
+    in_memory: bool, context: tf.distribute.InputContext,
 ) -> tf.data.Dataset:
-    """One worker's train batches for one epoch of ``steps`` steps under a strategy: its files
-    of the split (``context.input_pipeline_id`` of ``num_input_pipelines``), repeated, in full
-    batches of a replica's share of ``cfg.batch_size``, one per step for each of its replicas."""
+    """One worker's train batches under a strategy: its files of the split
+    (``context.input_pipeline_id`` of ``num_input_pipelines``), repeated without end, in full
+    batches of a replica's share of ``cfg.batch_size``, one per step for each of its replicas;
+    ``fit`` takes ``steps`` steps of them per epoch from one iterator. (Cut into epochs with
+    ``take``, each epoch started a new iterator, and the prefetching at the end of the previous
+    one might already have drawn the next reshuffle's seed: epochs after the first differed
+    from run to run.)"""
     worker, workers = context.input_pipeline_id, context.num_input_pipelines
     ds = make_dataset(
         feat_dir, "train", spec, batch_size=context.get_per_replica_batch_size(cfg.batch_size), shuffle=True, seed=cfg.seed,
@@ -277,7 +285,7 @@ def _worker_train_dataset(
     )
     if catalog is not None:
         ds = with_sampled_negatives(ds, catalog, cfg.sampled_negatives, cfg.seed + worker)
-    return ds.take(steps * (context.num_replicas_in_sync // workers))
+    return ds
 
 
 def _validation_dataset(feat_dir: Path, spec: FeatureSpec, batch_size: int, columns: list[str], batches: int) -> tf.data.Dataset:

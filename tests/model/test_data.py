@@ -89,16 +89,15 @@ def test_the_memory_cache_default_is_a_quarter_of_the_machines_memory():
 def test_in_memory_batches_are_the_streamed_batches(feat, repeat, shard):
     """The split parsed once and served by position gives the streamed pipeline's batches,
     record for record, epoch after epoch (each epoch reshuffled alike), also repeated over one
-    worker's files. (Repeated, only the first pass is compared: a pass cut short by ``take``
-    leaves prefetching that may already have drawn the next reshuffle's seed, in either
-    pipeline.)"""
+    worker's files, read as multi-worker training reads it: one iterator over several passes
+    (36 batches of 64 from one worker's ~300 records), each pass reshuffled alike."""
     root, _ = feat
     spec = FeatureSpec.load(root)
 
     def epochs(in_memory):
         ds = tdata.make_dataset(root, "train", spec, batch_size=64, shuffle=True, seed=3, deterministic=True,
                                 repeat=repeat, shard=shard, in_memory=in_memory)
-        return [[{k: v.numpy() for k, v in b.items()} for b in (ds.take(12) if repeat else ds)] for _ in range(1 if repeat else 3)]
+        return [[{k: v.numpy() for k, v in b.items()} for b in (ds.take(36) if repeat else ds)] for _ in range(1 if repeat else 3)]
 
     streamed, cached = epochs(False), epochs(True)
     assert [len(e) for e in cached] == [len(e) for e in streamed] and len(streamed[0]) >= 10

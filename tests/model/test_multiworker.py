@@ -134,6 +134,31 @@ def test_a_sharded_dataset_reads_only_its_files(feat):
         np.testing.assert_array_equal(got, expected)
 
 
+def test_a_workers_epochs_are_the_same_in_every_run(feat):
+    """A worker's train batches read as ``fit`` reads them under a strategy (one iterator,
+    ``steps`` batches per epoch) are the same batches when built again, epoch after epoch, and
+    each epoch is reshuffled. (Cut into epochs by ``take`` with an iterator per epoch, epochs
+    after the first depended on how far prefetching had run.)"""
+    root, written = feat
+    spec = FeatureSpec.load(root)
+    cfg = ModelConfig(**MODEL, seed=5)
+    steps = -(-len(written["train"]["label"]) // cfg.batch_size)
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2)
+
+    def epochs(pause):
+        batches, out = iter(ttrain._worker_train_dataset(root, spec, cfg, ["event_ts"], None, False, context)), []
+        for _ in range(3):
+            out.append(np.stack([next(batches)["event_ts"].numpy() for _ in range(steps)]))
+            time.sleep(pause)  # prefetching runs ahead (with an iterator per epoch, this moved the third epoch)
+        return out
+
+    first, again = epochs(0.0), epochs(0.3)
+    assert first[0].shape == (steps, cfg.batch_size // 2)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[1], first[2])
+
+
 # ---- refusals before any worker waits for another --------------------------------------------------
 def test_fit_model_refuses_before_starting_the_strategy(feat, monkeypatch):
     root, _ = feat
