@@ -307,7 +307,7 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
         # a left join on user_id: a repeated user would copy that user's example rows
         check_unique(users, [C.USER_ID], f"users ({users_path})", rerun_from="examples")
 
-    def joined(item_part: DataFrame, df: DataFrame, with_users: bool = True) -> DataFrame:
+    def joined(item_part: DataFrame, df: DataFrame, *, with_users: bool = True) -> DataFrame:
         """``df`` (the examples, or the train counts per key) with the statistics, ``item_part``'s
         columns and, ``with_users``, the users' joined."""
         for table, key in C.STATS_TABLES.items():
