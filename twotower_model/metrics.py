@@ -35,7 +35,7 @@ the same user, so a model that collapsed to near-constant outputs is visible in 
   then; sklearn would raise or return a constant), per-user metrics when no user has a
   positive. In the JSON file NaN is written as ``null``.
 
-The per-user metrics are vectorised: one stable sort by (user, -score), ranks from group
+The per-user metrics are vectorised: one sort by (user, -score, row), ranks from group
 starts, per-user sums with ``np.bincount``; no Python loop per user
 (``benchmarks/bench_metrics.py`` compares with a MIND-style loop).
 """
@@ -141,10 +141,30 @@ def _ideal_dcg_table(k: int) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
 
 
+def _user_score_order(codes: np.ndarray, s: np.ndarray, n_users: int) -> np.ndarray:
+    """The rows ordered by user code, then score descending, then row: ``np.lexsort((-s, codes))``
+    at a third of its time. The scores become dense ranks (one unstable sort: equal scores get
+    one rank), so that a row's place is one integer key, ``(code, rank, row)``; while that
+    key fits in 63 bits it is unique and an unstable sort of it is exact, otherwise the row
+    is left out and a stable sort keeps the row order among equal keys."""
+    n = codes.size
+    if n == 0:
+        return np.zeros(0, np.int64)
+    by_score = np.argsort(s)
+    ascending = s[by_score]
+    dense = np.empty(n, np.int64)
+    dense[by_score] = np.concatenate([[0], np.cumsum(ascending[1:] != ascending[:-1])])
+    ranks = int(dense[by_score[-1]]) + 1
+    key = codes.astype(np.int64) * ranks + (ranks - 1 - dense)  # higher score, smaller key
+    if n_users * ranks * n < 2**63:
+        return np.argsort(key * n + np.arange(n, dtype=np.int64))
+    return np.argsort(key, kind="stable")
+
+
 def _per_user(codes: np.ndarray, y: np.ndarray, s: np.ndarray, n_users: int) -> dict[str, Any]:
     """Per-user NDCG@5/10, MRR and AP@10, vectorised; codes are 0..n_users-1, all present."""
     n = codes.size
-    order = np.lexsort((-s, codes))  # stable: equal scores keep their original row order
+    order = _user_score_order(codes, s, n_users)  # equal scores keep their original row order
     c = codes[order]
     ys = y[order].astype(np.int64)
     ss = s[order]

@@ -14,6 +14,7 @@ from twotower_model.metrics import (
     METRIC_KEYS,
     TABLE_METRICS,
     MissingColumnsError,
+    _user_score_order,
     compute_metrics,
     evaluate_predictions_file,
     metrics_from_frame,
@@ -133,6 +134,21 @@ def test_ties_ranked_by_original_row_order():
     assert got["rows_tied_within_user"] == 4
     # equal scores across different users are not ties
     assert compute_metrics(["a", "b"], [1, 0], [0.5, 0.5])["rows_tied_within_user"] == 0
+
+
+@pytest.mark.parametrize("overflow", [False, True], ids=["unique-key", "stable-key"])
+def test_user_score_order_is_lexsort(overflow):
+    # the rows' order by user, score descending, row: numpy's lexsort is the reference. Scores
+    # on a coarse grid make many ties within a user (and equal scores across users); a huge
+    # n_users pushes the key past 63 bits and takes the stable-sort branch.
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 50, size=5_000)
+    scores = np.round(rng.normal(size=codes.size), 1)
+    scores[::7] = -0.0  # -0.0 == 0.0: one score, one rank
+    n_users = 2**55 if overflow else 50  # 2**55 * ranks (~70) * 5000 rows > 2**63
+    got = _user_score_order(codes, scores, n_users)
+    np.testing.assert_array_equal(got, np.lexsort((-scores, codes)))
+    assert _user_score_order(codes[:0], scores[:0], 0).size == 0
 
 
 # ---- against independent implementations -----------------------------------------------------
