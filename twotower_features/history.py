@@ -11,9 +11,9 @@ Python call overhead is paid per chunk of ~100k rows, not per user (the client f
 user's events, so a chunk is bounded too). Nothing is computed per (event, history item) pair:
 with the chunk's history events in (user, time) order and a prefix sum of their embeddings, the
 mean of the last N before an event is one subtraction, cluster counts are a prefix sum of
-one-hot rows, and the last k items are k gathers; `searchsorted` on a running rank of (user,
-instant) finds where "strictly before" ends, and on the user index where the user's history
-starts. So the aggregations cost O(d) per event whatever N is, and never need the id lists,
+one-hot rows, and the last k items are k gathers; a running count of history events, read at
+the first row of the event's (user, instant) and of its user, says where "strictly before" ends
+and where the user's history starts. So the aggregations cost O(d) per event whatever N is, and never need the id lists,
 which are built only when `keep_lists` is on (audit; off at billion-row scale). With
 `output_rows` (the examples stage: every event of a sampled user enters the histories, only the
 sampled examples come out) the windows and gathers are taken at the returned rows only; the
@@ -107,29 +107,56 @@ def _fixed_list(values: np.ndarray, width: int) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(values, type=pa.float32()))
 
 
+def _in_order(table: pa.Table) -> bool:
+    """Whether ``table``'s rows are sorted by (user_id, event_ts, item_id), as Arrow's
+    ``sort_by`` orders them (strings by their bytes, as Spark does)."""
+    m = table.num_rows
+    if m < 2:
+        return True
+    ties = None  # rows whose keys so far equal the previous row's
+    for name in (C.USER_ID, C.EVENT_TS, C.ITEM_ID):
+        col = table.column(name)
+        if pc.any(pc.is_null(col)).as_py():
+            return False
+        a, b = col.slice(0, m - 1), col.slice(1)
+        down = pc.less(b, a)
+        if ties is not None:
+            down = pc.and_(down, ties)
+        if pc.any(down).as_py():
+            return False
+        ties = pc.equal(b, a) if ties is None else pc.and_(ties, pc.equal(b, a))
+    return True
+
+
 def user_histories(table: pa.Table, p: HistoryParams) -> pa.Table:
     """All history features of the events in ``table``: one user's or many users', in any order
     (a pure function; Spark calls it on chunks of whole users).
 
-    The rows are sorted by (user, instant, item_id); a running rank of (user, instant) then
-    makes "strictly before, same user" one ``searchsorted`` over the whole chunk, and prefix
-    sums over the chunk give every user's window sums (a window never crosses its user's
+    The rows are sorted by (user, instant, item_id) (unless they come so, as from Spark); a
+    running count of history events, read at the first row of each row's (user, instant) and
+    of its user, then makes "strictly before, same user" two gathers over the whole chunk, and
+    prefix sums over the chunk give every user's window sums (a window never crosses its user's
     first history event)."""
-    table = table.sort_by([(C.USER_ID, "ascending"), (C.EVENT_TS, "ascending"), (C.ITEM_ID, "ascending")]).combine_chunks()
+    if not _in_order(table):  # Spark's partitions come sorted so (sortWithinPartitions)
+        table = table.sort_by([(C.USER_ID, "ascending"), (C.EVENT_TS, "ascending"), (C.ITEM_ID, "ascending")])
+    table = table.combine_chunks()
     m = table.num_rows
     ts = table.column(C.EVENT_TS).cast(pa.int64()).to_numpy()
     users = table.column(C.USER_ID)
     new_user = np.ones(m, dtype=bool)
     if m > 1:
         new_user[1:] = pc.not_equal(users.slice(1), users.slice(0, m - 1)).to_numpy(zero_copy_only=False)
-    group = np.cumsum(new_user) - 1  # user of each row, 0..users-1
     new_instant = new_user.copy()
     new_instant[1:] |= ts[1:] != ts[:-1]
-    instant = np.cumsum(new_instant)  # rank of (user, instant), non-decreasing
+    # each row's first row of its user and of its (user, instant): "strictly before, same user"
+    # is then a count of flagged rows before those two rows (no search)
+    user_first = np.maximum.accumulate(np.where(new_user, np.arange(m), 0))
+    instant_first = np.maximum.accumulate(np.where(new_instant, np.arange(m), 0))
     # the rows returned (all rows still enter the histories): histories are taken at these only
     rows = None if p.output_rows is None else np.flatnonzero(table.column(p.output_rows).fill_null(False).to_numpy(zero_copy_only=False))
     m_out = m if rows is None else len(rows)
-    at_instant, at_group = (instant, group) if rows is None else (instant[rows], group[rows])
+    if rows is not None:
+        user_first, instant_first = user_first[rows], instant_first[rows]
     taken = table if rows is None else table.take(pa.array(rows))
     out: dict[str, Any] = {c: taken.column(c) for c in (C.USER_ID, C.ITEM_ID, C.EVENT_TS, *(f.name for f in p.carry))}
     flags = {POS: table.column("_is_pos"), NEG: table.column("_is_neg")}
@@ -139,10 +166,13 @@ def user_histories(table: pa.Table, p: HistoryParams) -> pa.Table:
     clusters = table.column(C.ITEM_CLUSTER).fill_null(0).to_numpy(zero_copy_only=False) if "clusters" in p.aggregations else None
 
     for side in (POS, NEG):
-        sel = np.flatnonzero(flags[side].fill_null(False).to_numpy(zero_copy_only=False))
+        flag = flags[side].fill_null(False).to_numpy(zero_copy_only=False)
+        sel = np.flatnonzero(flag)
+        flagged_before = np.zeros(m + 1, dtype=np.int64)  # [i]: history events in rows 0..i-1
+        np.cumsum(flag, out=flagged_before[1:])
         # history events (of any user) before this row's (user, instant), and those of earlier users
-        end = np.searchsorted(instant[sel], at_instant, side="left")
-        before = end - np.searchsorted(group[sel], at_group, side="left")
+        end = flagged_before[instant_first]
+        before = end - flagged_before[user_first]
         length = np.minimum(before, p.n)
         start = end - length  # the window is sel[start:end], most recent last
         out[f"{side}_hist_len"] = pa.array(length.astype(np.int32))
@@ -175,9 +205,10 @@ def user_histories(table: pa.Table, p: HistoryParams) -> pa.Table:
             if len(sel):
                 counts[np.arange(1, len(sel) + 1), clusters[sel]] = 1
             np.cumsum(counts, axis=0, out=counts)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                dist = (counts[end] - counts[start]) / length[:, None].astype(np.float64)
-            dist[length == 0] = 0.0
+            # float32 division of exact integers: correctly rounded, so equal to the float64
+            # quotient rounded to float32 (53 >= 2 * 24 + 2 bits: double rounding is harmless)
+            dist = np.zeros((m_out, p.n_clusters), dtype=np.float32)
+            np.divide((counts[end] - counts[start]).astype(np.float32), length[:, None].astype(np.float32), out=dist, where=length[:, None] > 0)
             out[f"{side}_hist_clusters"] = _fixed_list(dist, p.n_clusters)
     schema_names = [f.name for f in p.output_schema().fields]
     return pa.table({k: out[k] for k in schema_names})

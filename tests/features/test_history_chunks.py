@@ -166,3 +166,31 @@ def test_histories_stay_whole_when_adaptive_execution_turns_a_user_join_into_a_b
     for k, r in expected.items():
         for c in ("pos_history", "neg_history", "pos_hist_len", "neg_hist_len", "pos_hist_clusters", "neg_hist_clusters"):
             assert got[k][c] == r[c], (k, c)
+
+
+def test_rows_already_in_order_skip_the_sort_and_give_the_same_histories(tmp_path):
+    """``_in_order`` is true exactly when the rows are sorted by (user, event_ts, item_id), ties
+    at each level included (checked against Python's sort of the same keys); the histories of a
+    sorted table, which skip the sort, equal those of the same rows shuffled, which do not."""
+    from twotower_features.history import _in_order
+
+    t = _events(5)
+    keys = list(zip(t.column(C.USER_ID).to_pylist(), t.column(C.EVENT_TS).to_pylist(), t.column(C.ITEM_ID).to_pylist()))
+    assert keys != sorted(keys) and not _in_order(t)
+    ordered = t.take(pa.array(sorted(range(t.num_rows), key=lambda i: keys[i])))
+    assert _in_order(ordered)
+    # one swap of two neighbours that differ only in their last key, then only in their time
+    o_keys = [keys[i] for i in sorted(range(t.num_rows), key=lambda i: keys[i])]
+    for level in (2, 1):
+        i = next(j for j in range(len(o_keys) - 1) if o_keys[j][:level] == o_keys[j + 1][:level] and o_keys[j][level] != o_keys[j + 1][level])
+        swapped = list(range(t.num_rows))
+        swapped[i], swapped[i + 1] = i + 1, i
+        assert not _in_order(ordered.take(pa.array(swapped))), level
+    with_null = ordered.set_column(1, C.ITEM_ID, pa.array([None, *ordered.column(C.ITEM_ID).to_pylist()[1:]], pa.string()))
+    assert not _in_order(with_null)  # Arrow sorts nulls last: sort
+
+    t = t.append_column("_is_pos", pc.equal(t.column(C.LABEL), 1))
+    t = t.append_column("_is_neg", pc.and_(pc.equal(t.column(C.LABEL), 0), pc.less(t.column(C.TIME_SPENT), 10.0)))
+    ordered = t.take(pa.array(sorted(range(t.num_rows), key=lambda i: keys[i])))
+    params = HistoryParams(n=3, aggregations=("clusters",), concat_k=2, keep_lists=True, emb_dim=2, n_clusters=K, matrix_file=None)
+    assert user_histories(ordered, params).to_pylist() == user_histories(t, params).to_pylist()
