@@ -27,7 +27,9 @@ setup(
         # faiss-cpu: the retrieval index of `twotower export` and of `evaluate` past its exact limit.
         "train": ["tensorflow>=2.16,<2.22", "faiss-cpu>=1.8,<2"],
         "train-cpu": ["tensorflow-cpu>=2.16,<2.22", "faiss-cpu>=1.8,<2"],
-        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "pytest-xdist>=3.5,<4"],
+        # pytest < 9.2: from 9.2 xdist's --dist loadgroup silently stops grouping
+        # (pytest-dev/pytest-xdist#1386), and `make test` relies on it (tests/conftest.py)
+        "test": ["pytest>=8,<9.2", "pytest-timeout>=2.3,<3", "pytest-xdist>=3.5,<4"],
         # `experiment run` / `report`: MLflow tracking (skinny: full mlflow pins pyarrow < 26 and
         # pulls a web server; its SQLite store needs SQLAlchemy and Alembic) and the report's plots.
         "catalog": ["mlflow-skinny>=3.10,<4", "sqlalchemy>=2,<3", "alembic>=1.13,<2", "matplotlib>=3.8,<4"],

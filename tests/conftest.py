@@ -31,12 +31,18 @@ def spark():
     session.stop()
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): the tests of a file, and of
     the production folder, whose files share session fixtures (generated inputs, nightly outputs,
     a PostgreSQL server), stay on one worker, so those fixtures are built once. The two cluster
     files may run on different workers (each then builds the small reference run): they are the
-    longest groups."""
+    longest groups.
+
+    ``tryfirst``: xdist reads the marks in its own ``pytest_collection_modifyitems`` (it appends
+    ``@group`` to each test id), which otherwise runs before this one and sees none. And
+    pytest 9.2 ignores that id change (pytest-dev/pytest-xdist#1386): setup.py keeps pytest
+    below 9.2; tests/test_xdist_groups.py fails when the grouping is lost."""
     for item in items:
         rel = os.path.relpath(str(item.path), os.path.dirname(__file__))
         group = "production" if rel.split(os.sep)[0] == "production" else rel
