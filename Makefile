@@ -15,9 +15,9 @@ demo: install
 	$(BIN)/twotower demo
 
 # Two workers: much of the suite waits on JVM start-ups, spark-submit and servers, so two test
-# processes overlap that waiting; files (and the production and cluster folders) stay whole.
+# processes overlap that waiting; files (and the production folder) stay whole, the longest first.
 test: install system-deps
-	$(BIN)/python -m pytest -q -ra -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadgroup --no-loadscope-reorder
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"

@@ -42,8 +42,27 @@ def pytest_collection_modifyitems(config, items):
     ``tryfirst``: xdist reads the marks in its own ``pytest_collection_modifyitems`` (it appends
     ``@group`` to each test id), which otherwise runs before this one and sees none. And
     pytest 9.2 ignores that id change (pytest-dev/pytest-xdist#1386): setup.py keeps pytest
-    below 9.2; tests/test_xdist_groups.py fails when the grouping is lost."""
-    for item in items:
+    below 9.2; tests/test_xdist_groups.py fails when the grouping is lost.
+
+    The longest groups are collected first (``LONGEST_GROUPS``) and `make test` passes
+    ``--no-loadscope-reorder``, so xdist hands them out first, longest first, and the short
+    files fill in after; by default it orders groups by their number of tests, and the
+    spark-submit file (3 tests, 4 minutes) started last."""
+    def group(item) -> str:
         rel = os.path.relpath(str(item.path), os.path.dirname(__file__))
-        group = "production" if rel.split(os.sep)[0] == "production" else rel
-        item.add_marker(pytest.mark.xdist_group(group))
+        return "production" if rel.split(os.sep)[0] == "production" else rel
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    rank = {g: i for i, g in enumerate(LONGEST_GROUPS)}
+    items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable: the rest keep their order
+
+
+# xdist groups by their time in a `make test` run (2026-12-01: about 8 down to 2.5 minutes), longest first
+LONGEST_GROUPS = (
+    os.path.join("cluster", "test_faults.py"),
+    "production",
+    os.path.join("cluster", "test_submit.py"),
+    "test_end_to_end.py",
+    os.path.join("twotower", "test_experiment.py"),
+)
