@@ -13,11 +13,11 @@ with the chunk's history events in (user, time) order and a prefix sum of their 
 mean of the last N before an event is one subtraction, cluster counts are a prefix sum of
 one-hot rows, and the last k items are k gathers; a running count of history events, read at
 the first row of the event's (user, instant) and of its user, says where "strictly before" ends
-and where the user's history starts. So the aggregations cost O(d) per event whatever N is, and never need the id lists,
-which are built only when `keep_lists` is on (audit; off at billion-row scale). With
-`output_rows` (the examples stage: every event of a sampled user enters the histories, only the
-sampled examples come out) the windows and gathers are taken at the returned rows only; the
-prefix sums still run over every history event.
+and where the user's history starts. So the aggregations cost O(d) per event whatever N is,
+and never need the id lists, which are built only when `keep_lists` is on (audit; off at
+billion-row scale). With `output_rows` (the examples stage: every event of a sampled user
+enters the histories, only the sampled examples come out) the windows and gathers are taken at
+the returned rows only; the prefix sums still run over every history event.
 """
 from __future__ import annotations
 
