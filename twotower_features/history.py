@@ -116,7 +116,7 @@ def _in_order(table: pa.Table) -> bool:
     ties = None  # rows whose keys so far equal the previous row's
     for name in (C.USER_ID, C.EVENT_TS, C.ITEM_ID):
         col = table.column(name)
-        if pc.any(pc.is_null(col)).as_py():
+        if col.null_count:
             return False
         a, b = col.slice(0, m - 1), col.slice(1)
         down = pc.less(b, a)
