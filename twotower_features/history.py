@@ -263,7 +263,10 @@ def compute_histories(events: DataFrame, params: HistoryParams, *, chunk_rows: i
     if params.aggregations:  # an event of an item without a row of the matrix is in no history
         for flag in ("_is_pos", "_is_neg"):
             marked = marked.withColumn(flag, F.col(flag) & F.col("item_idx").isNotNull())
-    marked = marked.select(*cols)
+    # with `output_rows`, a carried column is null on the other rows (history-only events, most
+    # of a sample's: never output), so that it crosses the shuffle and the sort as a null bit
+    carried = {f.name for f in params.carry} if params.output_rows else set()
+    marked = marked.select(*[F.when(F.col(params.output_rows), F.col(c)).alias(c) if c in carried else F.col(c) for c in cols])
     schema = params.output_schema()
     # by a hash of user_id, not by user_id: when the events come out of a join shuffled by user_id,
     # Spark drops a repartition by that same key as redundant, and adaptive execution may turn
