@@ -16,6 +16,7 @@ from twotower_features.validate import (
     ContractError,
     check_unique,
     has_line_break,
+    line_break_in,
     quarantine_interactions,
 )
 
@@ -37,6 +38,12 @@ def test_line_break_characters_are_those_splitlines_breaks_on():
     for c in LINE_BREAKS:
         assert len(f"a{c}b".splitlines()) == 2, repr(c)
     assert not has_line_break("u 1\t-é") and has_line_break("u\n1") and has_line_break("u\r1")
+
+
+def test_the_spark_check_finds_the_line_breaks_has_line_break_finds(spark):
+    values = [None, "", "u 1\t-\u00e9", "plain", "\u2027\u202a\u0084\u0086\x1f", *LINE_BREAKS, *(f"a{c}b" for c in LINE_BREAKS), "x\u2028"]
+    got = [r[0] for r in spark.createDataFrame([(v,) for v in values], "v string").select(line_break_in("v")).collect()]
+    assert got == [None if v is None else has_line_break(v) for v in values]
 
 
 def test_ids_with_a_line_break_are_quarantined_and_the_vocabulary_has_one_line_per_id(spark, tmp_path):
