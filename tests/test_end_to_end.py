@@ -240,6 +240,30 @@ def test_statistics_are_those_of_the_day_before_normalised_with_train_statistics
         assert norm[col][0] == float(mean) and norm[col][1] == pytest.approx(std if std > 0 else 1.0, rel=1e-15), col
 
 
+def test_with_the_validation_day_sampled_too_every_example_still_gets_its_users_statistics(spark, built, tmp_path):
+    # the user statistics are filtered to the users with example rows before their joins: with
+    # sampling.validation that is the sampled users only (the fixture's run covers the default,
+    # where every user's validation day stays); each example row still gets its D-1 row, z-scored
+    import dataclasses
+    import shutil
+
+    root, out, cfg, _ = built
+    copy = tmp_path / "features"
+    shutil.copytree(out, copy)
+    sampled = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, validation=True))
+    run_examples(spark, sampled, str(root / "data"), str(copy), log=lambda s: None)
+    m, s = json.loads((copy / "artifacts" / "normalisation.json").read_text())["user_ctr"]
+    raw = spark.read.parquet(str(root / "data" / "user_stats")).select(C.USER_ID, F.date_add(C.DT, 1).alias(C.DT), F.col(C.STAT_CTR).alias("prev"))
+    ex = spark.read.format("delta").load(str(copy / "tables" / "examples"))
+    rows = ex.select(C.USER_ID, C.DT, C.SPLIT, "user_ctr").join(raw, [C.USER_ID, C.DT], "left").collect()
+    validation_users = {r[C.USER_ID] for r in rows if r[C.SPLIT] == "validation"}
+    all_validation_users = {r[0] for r in spark.read.format("delta").load(str(out / "tables" / "filtered")).filter(F.col(C.SPLIT) == "validation").select(C.USER_ID).distinct().collect()}
+    assert 0 < len(validation_users) < len(all_validation_users)  # the validation day was sampled
+    assert any(r[C.SPLIT] == "validation" and r["prev"] is not None for r in rows)
+    expected = [0.0 if r["prev"] is None else (r["prev"] - m) / s for r in rows]
+    np.testing.assert_allclose([r["user_ctr"] for r in rows], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_the_per_event_columns_of_both_tables_are_stored_without_a_dictionary(spark, built):
     """tables/filtered and tables/examples store event_ts, time_spent and fraction_watched plain
     (C.PLAIN_ENCODED), every file and row group; the ids keep their dictionary."""
