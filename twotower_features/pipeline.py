@@ -48,6 +48,7 @@ from .report import StageReport
 from .sampling import (
     in_user_sample,
     is_example,
+    of_example_users,
     ratio_string,
     rebalance_rates,
     split_and_class_counts,
@@ -298,12 +299,10 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
 
     # statistics as of the day before, normalised with train statistics
     stats = {table: _stats_as_of_previous_day(spark, input_dir, table, cfg) for table in C.STATS_TABLES}
-    if stats["user_stats"] is not None and cfg.sampling.user_fraction < 1.0:
-        # only the rows of users with example rows can match: the sampled users', and on the
-        # validation day every user's unless `sampling.validation` samples it too (a smaller
-        # relation to broadcast or shuffle into the joins below: 47% of it for experiment 8)
-        unsampled_validation = F.lit(False) if cfg.sampling.validation else F.col(C.DT) == F.lit(cfg.window.validation_date)
-        stats["user_stats"] = stats["user_stats"].filter(in_user_sample(cfg.sampling) | unsampled_validation)
+    if stats["user_stats"] is not None:
+        # only the rows of users with example rows that day can match (a smaller relation to
+        # broadcast or shuffle into the joins below: 47% of it for experiment 8)
+        stats["user_stats"] = stats["user_stats"].filter(of_example_users(cfg.sampling, F.col(C.DT) == F.lit(cfg.window.validation_date)))
     # the normalised columns, each with the table it comes from (the items' are added below)
     origin = {c: table for table, st in stats.items() if st is not None for c in st.columns if c not in (C.STATS_TABLES[table], C.DT)}
     users_path = io.table_path(input_dir, "users")

@@ -26,6 +26,13 @@ def in_user_sample(cfg: SamplingConfig) -> F.Column:
     return hash_unit(C.USER_ID, seed=cfg.seed) < cfg.user_fraction
 
 
+def of_example_users(cfg: SamplingConfig, validation_day: F.Column) -> F.Column:
+    """True for the rows, per user and day, whose (user, day) can hold an example row: the
+    sampled users', and on the validation day (``validation_day`` true) every user's unless
+    `validation` samples it too; ``is_example`` without the split and the rebalancing."""
+    return in_user_sample(cfg) | (F.lit(False) if cfg.validation else validation_day)
+
+
 def sample_users(df: DataFrame, cfg: SamplingConfig) -> DataFrame:
     """Keep the users whose hash falls below `user_fraction`."""
     return df if cfg.user_fraction >= 1.0 else df.filter(in_user_sample(cfg))
