@@ -266,7 +266,9 @@ def test_with_the_validation_day_sampled_too_every_example_still_gets_its_users_
 
 def test_the_per_event_columns_of_both_tables_are_stored_without_a_dictionary(spark, built):
     """tables/filtered and tables/examples store event_ts, time_spent and fraction_watched plain
-    (C.PLAIN_ENCODED), every file and row group; the ids keep their dictionary."""
+    (C.PLAIN_ENCODED), every file and row group, and tables/examples the elements of its arrays
+    (the histories, their cluster distributions, the performance vectors); the ids keep their
+    dictionary."""
     _, out, _, _ = built
     for table in ("filtered", "examples"):
         files = spark.read.format("delta").load(str(out / "tables" / table)).inputFiles()
@@ -277,6 +279,9 @@ def test_the_per_event_columns_of_both_tables_are_stored_without_a_dictionary(sp
                 enc = {meta.row_group(g).column(i).path_in_schema: meta.row_group(g).column(i).encodings for i in range(meta.num_columns)}
                 assert all("PLAIN_DICTIONARY" not in enc[c] for c in C.PLAIN_ENCODED), (table, enc)
                 assert "PLAIN_DICTIONARY" in enc[C.USER_ID], (table, enc)
+                elements = [c for c in enc if c.endswith(".list.element")]
+                assert table == "filtered" or {"pos_history.list.element", "pos_hist_clusters.list.element"} <= set(elements), (table, enc)
+                assert all("PLAIN_DICTIONARY" not in enc[c] for c in elements), (table, enc)
 
 
 def test_empty_window_fails_before_any_write(spark, built, tmp_path):

@@ -194,13 +194,16 @@ def read_table(spark: SparkSession, path: str, *, required: bool = True) -> Data
     return df.withColumns({c: _micros_from_nanos(c, utc, ntz) for c, utc in nanos.items()})
 
 
-def write_delta(df: DataFrame, path: str, *, partition_by: list[str], replace_where: str | None = None, plain: tuple[str, ...] = ()) -> None:
+def write_delta(
+    df: DataFrame, path: str, *, partition_by: list[str], replace_where: str | None = None, plain: tuple[str, ...] = (), plain_arrays: bool = False,
+) -> None:
     """Write a Delta table; with `replace_where`, a rerun replaces exactly those rows (idempotent).
 
     Delta commits atomically: a failed write leaves the previous version readable.
     The columns named in `plain` are stored without Parquet's dictionary encoding (for columns
-    whose values nearly all differ, where it only costs time). Delta does not pass a writer's
-    options to Parquet, so the setting is the session's for the duration of this write.
+    whose values nearly all differ, where it only costs time); with `plain_arrays`, the elements
+    of every array column too. Delta does not pass a writer's options to Parquet, so the setting
+    is the session's for the duration of this write.
     """
     df = faults.wrap_delta_write(df, path)  # unchanged unless TWOTOWER_FAULT is set (tests)
     writer = df.write.format("delta").mode("overwrite").option("partitionOverwriteMode", "static")
@@ -209,7 +212,7 @@ def write_delta(df: DataFrame, path: str, *, partition_by: list[str], replace_wh
     else:
         writer = writer.option("overwriteSchema", "true")
     conf = df.sparkSession.conf
-    keys = [f"parquet.enable.dictionary#{c}" for c in plain if c in df.columns]
+    keys = [f"parquet.enable.dictionary#{c}" for c in [*(c for c in plain if c in df.columns), *(_array_elements(df) if plain_arrays else [])]]
     before = {k: conf.get(k, None) for k in keys}
     for k in keys:
         conf.set(k, "false")
@@ -221,6 +224,16 @@ def write_delta(df: DataFrame, path: str, *, partition_by: list[str], replace_wh
                 conf.unset(k)
             else:
                 conf.set(k, v)
+
+
+def _array_elements(df: DataFrame) -> list[str]:
+    """The Parquet paths of the elements of ``df``'s top-level array columns, as Spark writes them
+    into a Delta table: ``name.list.element``, or ``name.bag.array`` under
+    ``spark.sql.parquet.writeLegacyFormat`` (Delta writes every column nullable, elements too)."""
+    from pyspark.sql.types import ArrayType
+
+    legacy = str(df.sparkSession.conf.get("spark.sql.parquet.writeLegacyFormat", "false")).lower() == "true"
+    return [f"{f.name}.{'bag.array' if legacy else 'list.element'}" for f in df.schema if isinstance(f.dataType, ArrayType)]
 
 
 def _temporary(path: Path) -> Path:

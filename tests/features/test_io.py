@@ -285,6 +285,17 @@ def test_a_missing_config_file(tmp_path):
     assert str(e.value) == f"config file {str(path)!r} does not exist"
 
 
+def _encodings(spark, path) -> list[dict[str, tuple]]:
+    """Each row group of the Delta table at ``path``: {Parquet column path: its encodings}."""
+    out = []
+    for f in spark.read.format("delta").load(str(path)).inputFiles():
+        meta = pq.ParquetFile(unquote(urlparse(f).path)).metadata
+        for g in range(meta.num_row_groups):
+            out.append({meta.row_group(g).column(i).path_in_schema: meta.row_group(g).column(i).encodings for i in range(meta.num_columns)})
+    assert out
+    return out
+
+
 def test_a_delta_write_stores_the_plain_columns_without_a_dictionary_for_that_write_only(spark, tmp_path):
     # Delta ignores a writer's Parquet options: the setting is the session's during the write
     from twotower_features import columns as C
@@ -297,21 +308,43 @@ def test_a_delta_write_stores_the_plain_columns_without_a_dictionary_for_that_wr
         F.lit(DAY).alias(C.DT),
     )
 
-    def encodings(path) -> list[dict[str, tuple]]:
-        out = []
-        for f in spark.read.format("delta").load(str(path)).inputFiles():
-            meta = pq.ParquetFile(unquote(urlparse(f).path)).metadata
-            for g in range(meta.num_row_groups):
-                out.append({meta.row_group(g).column(i).path_in_schema: meta.row_group(g).column(i).encodings for i in range(meta.num_columns)})
-        assert out
-        return out
-
     io.write_delta(df, str(tmp_path / "plain"), partition_by=[C.DT], plain=C.PLAIN_ENCODED)
-    for enc in encodings(tmp_path / "plain"):
+    for enc in _encodings(spark, tmp_path / "plain"):
         assert "PLAIN_DICTIONARY" not in enc[C.EVENT_TS] and "PLAIN_DICTIONARY" not in enc[C.TIME_SPENT], enc
         assert "PLAIN_DICTIONARY" in enc[C.USER_ID] and "PLAIN_DICTIONARY" in enc["other"], enc
     assert spark.conf.get(f"parquet.enable.dictionary#{C.TIME_SPENT}", None) is None  # restored
     io.write_delta(df, str(tmp_path / "default"), partition_by=[C.DT])
-    for enc in encodings(tmp_path / "default"):
+    for enc in _encodings(spark, tmp_path / "default"):
         assert "PLAIN_DICTIONARY" in enc[C.TIME_SPENT], enc
+    assert sorted(spark.read.format("delta").load(str(tmp_path / "plain")).collect()) == sorted(df.collect())
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["standard_lists", "legacy_lists"])
+def test_plain_arrays_stores_every_array_columns_elements_without_a_dictionary(spark, tmp_path, legacy):
+    """The elements of each array column, in the layout Spark writes (Parquet's standard
+    ``list.element``, or with ``spark.sql.parquet.writeLegacyFormat`` ``bag.array``, for elements
+    that may be null or not: Delta writes them nullable), lose their dictionary with
+    ``plain_arrays``; the scalar columns keep theirs."""
+    df = spark.range(5000).select(
+        (F.col("id") % 3).cast("string").alias("user_id"),  # the control: 3 values, a dictionary
+        F.array((F.col("id") % 5).cast("string"), F.lit("i1")).alias("ids"),  # nullable elements
+        F.array(F.lit(0.5).cast("float"), F.lit(0.25).cast("float")).alias("vec"),  # elements never null
+        F.lit(DAY).alias("dt"),
+    )
+    assert df.schema["ids"].dataType.containsNull and not df.schema["vec"].dataType.containsNull
+    leaves = {"ids": "ids.bag.array", "vec": "vec.bag.array"} if legacy else {"ids": "ids.list.element", "vec": "vec.list.element"}
+
+    spark.conf.set("spark.sql.parquet.writeLegacyFormat", str(legacy).lower())
+    try:
+        io.write_delta(df, str(tmp_path / "plain"), partition_by=["dt"], plain_arrays=True)
+        assert not [k for k in spark.conf.getAll if k.startswith("parquet.enable.dictionary")]  # restored
+        io.write_delta(df, str(tmp_path / "default"), partition_by=["dt"])
+    finally:
+        spark.conf.unset("spark.sql.parquet.writeLegacyFormat")
+    for enc in _encodings(spark, tmp_path / "plain"):
+        assert set(leaves.values()) <= set(enc), enc
+        assert all("PLAIN_DICTIONARY" not in enc[p] for p in leaves.values()), enc
+        assert "PLAIN_DICTIONARY" in enc["user_id"], enc
+    for enc in _encodings(spark, tmp_path / "default"):
+        assert all("PLAIN_DICTIONARY" in enc[p] for p in leaves.values()), enc
     assert sorted(spark.read.format("delta").load(str(tmp_path / "plain")).collect()) == sorted(df.collect())
