@@ -7,10 +7,8 @@ import json
 import math
 from fractions import Fraction
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import Window
 from pyspark.sql import functions as F
@@ -269,19 +267,16 @@ def test_the_per_event_columns_of_both_tables_are_stored_without_a_dictionary(sp
     (C.PLAIN_ENCODED), every file and row group, and tables/examples the elements of its arrays
     (the histories, their cluster distributions, the performance vectors); the ids keep their
     dictionary."""
+    from tests.features.test_io import delta_encodings
+
     _, out, _, _ = built
     for table in ("filtered", "examples"):
-        files = spark.read.format("delta").load(str(out / "tables" / table)).inputFiles()
-        assert files, table
-        for f in files:
-            meta = pq.ParquetFile(unquote(urlparse(f).path)).metadata
-            for g in range(meta.num_row_groups):
-                enc = {meta.row_group(g).column(i).path_in_schema: meta.row_group(g).column(i).encodings for i in range(meta.num_columns)}
-                assert all("PLAIN_DICTIONARY" not in enc[c] for c in C.PLAIN_ENCODED), (table, enc)
-                assert "PLAIN_DICTIONARY" in enc[C.USER_ID], (table, enc)
-                elements = [c for c in enc if c.endswith(".list.element")]
-                assert table == "filtered" or {"pos_history.list.element", "pos_hist_clusters.list.element"} <= set(elements), (table, enc)
-                assert all("PLAIN_DICTIONARY" not in enc[c] for c in elements), (table, enc)
+        for enc in delta_encodings(spark, out / "tables" / table):  # every row group of every file (at least one)
+            assert all("PLAIN_DICTIONARY" not in enc[c] for c in C.PLAIN_ENCODED), (table, enc)
+            assert "PLAIN_DICTIONARY" in enc[C.USER_ID], (table, enc)
+            elements = [c for c in enc if c.endswith(".list.element")]
+            assert table == "filtered" or {"pos_history.list.element", "pos_hist_clusters.list.element"} <= set(elements), (table, enc)
+            assert all("PLAIN_DICTIONARY" not in enc[c] for c in elements), (table, enc)
 
 
 def test_empty_window_fails_before_any_write(spark, built, tmp_path):

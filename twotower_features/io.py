@@ -212,7 +212,8 @@ def write_delta(
     else:
         writer = writer.option("overwriteSchema", "true")
     conf = df.sparkSession.conf
-    keys = [f"parquet.enable.dictionary#{c}" for c in [*(c for c in plain if c in df.columns), *(_array_elements(df) if plain_arrays else [])]]
+    columns = [c for c in plain if c in df.columns] + (_array_elements(df) if plain_arrays else [])
+    keys = [f"parquet.enable.dictionary#{c}" for c in columns]
     before = {k: conf.get(k, None) for k in keys}
     for k in keys:
         conf.set(k, "false")

@@ -285,7 +285,7 @@ def test_a_missing_config_file(tmp_path):
     assert str(e.value) == f"config file {str(path)!r} does not exist"
 
 
-def _encodings(spark, path) -> list[dict[str, tuple]]:
+def delta_encodings(spark, path) -> list[dict[str, tuple]]:
     """Each row group of the Delta table at ``path``: {Parquet column path: its encodings}."""
     out = []
     for f in spark.read.format("delta").load(str(path)).inputFiles():
@@ -309,12 +309,12 @@ def test_a_delta_write_stores_the_plain_columns_without_a_dictionary_for_that_wr
     )
 
     io.write_delta(df, str(tmp_path / "plain"), partition_by=[C.DT], plain=C.PLAIN_ENCODED)
-    for enc in _encodings(spark, tmp_path / "plain"):
+    for enc in delta_encodings(spark, tmp_path / "plain"):
         assert "PLAIN_DICTIONARY" not in enc[C.EVENT_TS] and "PLAIN_DICTIONARY" not in enc[C.TIME_SPENT], enc
         assert "PLAIN_DICTIONARY" in enc[C.USER_ID] and "PLAIN_DICTIONARY" in enc["other"], enc
     assert spark.conf.get(f"parquet.enable.dictionary#{C.TIME_SPENT}", None) is None  # restored
     io.write_delta(df, str(tmp_path / "default"), partition_by=[C.DT])
-    for enc in _encodings(spark, tmp_path / "default"):
+    for enc in delta_encodings(spark, tmp_path / "default"):
         assert "PLAIN_DICTIONARY" in enc[C.TIME_SPENT], enc
     assert sorted(spark.read.format("delta").load(str(tmp_path / "plain")).collect()) == sorted(df.collect())
 
@@ -341,10 +341,10 @@ def test_plain_arrays_stores_every_array_columns_elements_without_a_dictionary(s
         io.write_delta(df, str(tmp_path / "default"), partition_by=["dt"])
     finally:
         spark.conf.unset("spark.sql.parquet.writeLegacyFormat")
-    for enc in _encodings(spark, tmp_path / "plain"):
+    for enc in delta_encodings(spark, tmp_path / "plain"):
         assert set(leaves.values()) <= set(enc), enc
         assert all("PLAIN_DICTIONARY" not in enc[p] for p in leaves.values()), enc
         assert "PLAIN_DICTIONARY" in enc["user_id"], enc
-    for enc in _encodings(spark, tmp_path / "default"):
+    for enc in delta_encodings(spark, tmp_path / "default"):
         assert all("PLAIN_DICTIONARY" in enc[p] for p in leaves.values()), enc
     assert sorted(spark.read.format("delta").load(str(tmp_path / "plain")).collect()) == sorted(df.collect())
