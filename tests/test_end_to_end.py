@@ -124,14 +124,31 @@ def test_tfrecords_parse_back_value_for_value(spark, built):
             parsed[key] = {n: batch[n][i].numpy() for n in desc}
     rows = spark.read.format("delta").load(str(out / "tables" / "examples")).filter(F.col(C.SPLIT) == "validation").collect()
     assert len(parsed) == len(rows) > 0
-    # the item vector is per item: the TFRecords' item_emb is the item's row of items.parquet
-    items = {r[C.ITEM_ID]: r["dedup_pca"] for r in spark.read.parquet(str(out / "artifacts" / "items.parquet")).collect()}
+    # the item vectors are per item, not in the examples table: the TFRecords' item_emb is the
+    # item's row of items.parquet, and item_performance its performance columns (in name order)
+    # z-scored with normalisation.json's train statistics, 0 where null, in float32
+    ex_columns = spark.read.format("delta").load(str(out / "tables" / "examples")).columns
+    assert not [c for c in ex_columns if c.startswith(("item_performance", "creator_performance", "item_emb", "dedup", "simclr"))]
+    assert C.ITEM_CLUSTER not in ex_columns and C.ACTIVITY_PROFILE not in ex_columns  # not a feature of this experiment
+    assert C.HANDSET_MAKER in ex_columns and C.CREATOR_ID in ex_columns
+    norm = json.loads((out / "artifacts" / "normalisation.json").read_text())
+    item_rows = spark.read.parquet(str(out / "artifacts" / "items.parquet")).collect()
+    perf = sorted(c for c in item_rows[0].asDict() if c.startswith(C.ITEM_PERFORMANCE_PREFIX))
+    assert perf and all(c in norm for c in perf)
+
+    def zscored(x, c):
+        m, s = norm[c]
+        return 0.0 if x is None else (x - m) / (s if s > 0 else 1.0)
+
+    items = {r[C.ITEM_ID]: r["dedup_pca"] for r in item_rows}
+    performance = {r[C.ITEM_ID]: np.asarray([zscored(r[c], c) for c in perf], np.float32) for r in item_rows}
     for r in rows:
         micros = int(r[C.EVENT_TS].replace(tzinfo=dt.timezone.utc).timestamp() * 1_000_000) if r[C.EVENT_TS].tzinfo is None else int(r[C.EVENT_TS].timestamp() * 1_000_000)
         got = parsed[(r[C.USER_ID], r[C.ITEM_ID], micros)]
         assert got[C.LABEL] == r[C.LABEL] and got[C.WEIGHT] == np.float32(r[C.WEIGHT])
         np.testing.assert_array_equal(got["pos_hist_mean"], np.asarray(r["pos_hist_mean"], np.float32))
         np.testing.assert_array_equal(got["item_emb"], np.asarray(items[r[C.ITEM_ID]], np.float32))
+        np.testing.assert_array_equal(got["item_performance"], performance[r[C.ITEM_ID]])
         assert got[C.HANDSET_MAKER].decode() == (r[C.HANDSET_MAKER] or "")
         assert got["user_ctr"] == np.float32(r["user_ctr"])
 

@@ -61,6 +61,11 @@ def _embeddings_derived(cfg: ExperimentConfig) -> dict[str, Any]:
     }
 
 
+def _examples_derived(cfg: ExperimentConfig) -> dict[str, Any]:
+    # the users' columns the towers use are joined to the examples (features.user)
+    return {"user_columns": pipeline.user_columns(cfg)}
+
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         "prepare", "Stages 1-4: validate and quarantine, window and split, item and client filters, label, weight.",
@@ -78,6 +83,7 @@ STAGES: tuple[Stage, ...] = (
         "examples", "Stages 5, 6, 8: user sampling, point-in-time histories, rebalancing, statistics, tower features.",
         pipeline.run_examples, ("sampling", "history", "stats"), (C.USERS, *C.STATS_TABLES),
         (L.EXAMPLES, L.NORMALISATION, L.report("examples")),
+        _examples_derived,
     ),
     Stage(
         "tfrecords", "Stage 9: vocabularies, feature_spec.json, sharded TFRecords and the manifest.",

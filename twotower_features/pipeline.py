@@ -26,7 +26,6 @@ import numpy as np
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType
 
 from . import columns as C
 from . import filters as flt
@@ -280,6 +279,12 @@ def _train_counts_per_key(train: DataFrame) -> DataFrame:
     return train.groupingSets([[C.USER_ID, C.DT], [C.ITEM_ID, C.DT]], C.USER_ID, C.ITEM_ID, C.DT).agg(F.count(F.lit(1)).alias(_COUNT))
 
 
+def user_columns(cfg: ExperimentConfig) -> list[str]:
+    """The users table's columns the towers use (joined to the examples by user_id; none: the
+    table is not read)."""
+    return [c for c in (C.HANDSET_MAKER, C.ACTIVITY_PROFILE) if c in cfg.features.user]
+
+
 def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out: str, log: Callable[[str], None] = print) -> StageReport:
     """Sample users, compute histories, rebalance, join statistics and tower features; tables/examples."""
     rep = StageReport("examples")
@@ -305,10 +310,10 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
         stats["user_stats"] = stats["user_stats"].filter(of_example_users(cfg.sampling, F.col(C.DT) == F.lit(cfg.window.validation_date)))
     # the normalised columns, each with the table it comes from (the items' are added below)
     origin = {c: table for table, st in stats.items() if st is not None for c in st.columns if c not in (C.STATS_TABLES[table], C.DT)}
-    users_path = io.table_path(input_dir, "users")
-    users = io.read_table(spark, users_path, required=False)
+    users_path, users_cols = io.table_path(input_dir, "users"), user_columns(cfg)
+    users = io.read_table(spark, users_path, required=False) if users_cols else None
     if users is not None:
-        users = check_schema(users, USER_SCHEMA, "users").select(C.USER_ID, C.HANDSET_MAKER, C.ACTIVITY_PROFILE)
+        users = check_schema(users, USER_SCHEMA, "users").select(C.USER_ID, *users_cols)
         # a left join on user_id: a repeated user would copy that user's example rows
         check_unique(users, [C.USER_ID], f"users ({users_path})", rerun_from="examples")
 
@@ -322,9 +327,11 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
                 df = df.join(stats[table], [key, C.DT], "left")
         return df if users is None or not with_users else df.join(users, C.USER_ID, "left")
 
-    item_cols = [c for c in items.columns if c not in ("item_idx",)]
+    # the items' columns the examples carry: creator_id only. Their performance columns enter the
+    # normalisation fit below, but are per item: the tfrecords stage z-scores them in the items
+    # (``item_features``) and looks them up there, as it does the item embedding
+    item_part = items.select(C.ITEM_ID, C.CREATOR_ID)
     perf_cols = sorted(c for c in items.columns if c.startswith((C.ITEM_PERFORMANCE_PREFIX, C.CREATOR_PERFORMANCE_PREFIX)))
-    full = joined(items.select(*item_cols), examples)
     origin.update({c: "items" for c in perf_cols})
     # the normalisation fit's rows, one per key instead of one per train example: the train
     # examples counted per (user_id, dt) and per (item_id, dt), joined as the examples are (a
@@ -339,13 +346,13 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
     io.write_json_atomic(L.path(out, L.NORMALISATION), norm)
 
     def finished(df: DataFrame) -> DataFrame:
-        return _performance_vectors(zscore.apply(df, norm))
+        """``df`` joined, its statistics normalised."""
+        df = joined(item_part, df)
+        return zscore.apply(df, {c: v for c, v in norm.items() if c in df.columns})
 
-    # the table's columns, in their order: the examples with the items' columns but their vectors
-    # (per item, in artifacts/items.parquet: not copied to every example; the tfrecords stage
-    # looks `item_emb` up there), then the histories
-    vectors = [f.name for f in items.schema if isinstance(f.dataType, ArrayType) and f.name in item_cols]
-    table_columns = [c for c in finished(full).columns if c not in vectors]
+    # the table's columns, in their order: the examples with creator_id, the statistics and the
+    # users' columns, then the histories
+    table_columns = finished(examples).columns
     hist = cfg.history.aggregations or cfg.history.keep_lists
     if not hist:
         base = examples
@@ -375,11 +382,11 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
         base = compute_histories(events, params)
         keys = [C.USER_ID, C.ITEM_ID, C.EVENT_TS]  # first, as a join of the histories on them put them
         table_columns = keys + [c for c in table_columns if c not in keys] + [c for c in params.output_schema().fieldNames() if c not in table_columns]
-    examples = finished(joined(items.select(*[c for c in item_cols if c not in vectors]), base)).select(*table_columns)
+    examples = finished(base).select(*table_columns)
 
     # the per-event columns stored plain (as in tables/filtered): 12% less time writing the table
     # at 10M events; and the arrays' elements (the histories, their cluster distributions, the
-    # profiles and performance vectors): about 10% less again, in files of the same size (a
+    # activity profiles): about 10% less again, in files of the same size (a
     # user's rows are consecutive, and Snappy finds the repeats of its lists in plain pages)
     io.write_delta(
         examples, L.path(out, L.EXAMPLES), partition_by=[C.SPLIT, C.DT], replace_where=_window_dates(cfg), plain=C.PLAIN_ENCODED, plain_arrays=True,
@@ -411,8 +418,10 @@ def _vocabulary(df: DataFrame, col: str, min_count: int, max_size: int = 0) -> t
     return words, cut
 
 
-def spec_columns(cfg: ExperimentConfig, examples: DataFrame) -> list[Column]:
-    """The TFRecord columns of this experiment (vocabulary sizes are filled in later)."""
+def spec_columns(cfg: ExperimentConfig, examples: DataFrame, items: DataFrame) -> list[Column]:
+    """The TFRecord columns of this experiment (vocabulary sizes are filled in later); an
+    array's width read from the frame that holds it (``_holding``: the examples, or the items
+    (``item_features``) for a per-item column)."""
     d = cfg.embeddings.pca_components
     cols: list[Column] = []
     user, item = set(cfg.features.user), set(cfg.features.item)
@@ -423,7 +432,7 @@ def spec_columns(cfg: ExperimentConfig, examples: DataFrame) -> list[Column]:
     cols += [Column(C.EVENT_TS, "int64", (), None, "key"), Column(C.LABEL, "float32", (), None, "label"), Column(C.WEIGHT, "float32", (), None, "weight")]
 
     def width(name: str) -> int:
-        first = examples.select(F.size(name).alias("n")).filter(F.col("n") > 0).limit(1).collect()
+        first = _holding(name, examples, items).select(F.size(name).alias("n")).filter(F.col("n") > 0).limit(1).collect()
         return int(first[0]["n"]) if first else 0
 
     if C.HANDSET_MAKER in user:
@@ -456,12 +465,27 @@ def spec_columns(cfg: ExperimentConfig, examples: DataFrame) -> list[Column]:
     return cols
 
 
-ITEM_LOOKUPS = (C.ITEM_EMB,)  # TFRecord columns that are per item: looked up in the items, not stored per example
+# TFRecord columns that are per item: looked up in the items (``item_features``), not stored per example
+ITEM_LOOKUPS = (C.ITEM_EMB, "item_performance", "creator_performance")
+
+
+def _holding(name: str, examples: DataFrame, items: DataFrame) -> DataFrame:
+    """The frame that holds TFRecord column ``name``: the items for a per-item column, else the examples."""
+    frame = items if name in ITEM_LOOKUPS else examples
+    if name not in frame.columns:
+        where = "the items (artifacts/items.parquet)" if name in ITEM_LOOKUPS else "the examples table"
+        raise StageError(f"feature '{name}' is not in {where}: were stages 'embeddings' and 'examples' run with this config?")
+    return frame
 
 
 def item_features(spark: SparkSession, cfg: ExperimentConfig, out: str) -> DataFrame:
-    """artifacts/items.parquet with the model's ``item_emb`` (``<embeddings.item_source>_pca``) when it is a feature."""
+    """artifacts/items.parquet with the per-item features (``ITEM_LOOKUPS``): the model's
+    ``item_emb`` (``<embeddings.item_source>_pca``) when it is a feature, and the performance
+    columns z-scored with the train window's statistics (normalisation.json, fitted by stage
+    'examples') as the ``item_performance`` / ``creator_performance`` vectors."""
     items = spark.read.parquet(L.path(out, L.ITEMS))
+    norm = json.loads(Path(out, L.NORMALISATION).read_text())
+    items = _performance_vectors(zscore.apply(items, {c: v for c, v in norm.items() if c in items.columns}))
     return items.withColumn(C.ITEM_EMB, F.col(f"{cfg.embeddings.item_source}_pca")) if C.ITEM_EMB in cfg.features.item else items
 
 
@@ -483,7 +507,10 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
     rep = StageReport("tfrecords")
     examples = spark.read.format("delta").load(L.path(out, L.EXAMPLES)).filter(window_filter(cfg.window))
     train = examples.filter(F.col(C.SPLIT) == C.TRAIN)
-    cols = spec_columns(cfg, examples)
+    items = item_features(spark, cfg, out)
+    cols = spec_columns(cfg, examples, items)
+    for c in cols:  # before the first write
+        _holding(c.name, examples, items)
     vocab_dir = Path(out, L.VOCAB)
     vocab_dir.mkdir(parents=True, exist_ok=True)
     sized = []
@@ -507,10 +534,6 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
     freq.to_csv(L.path(out, L.ITEM_FREQUENCY), index=False)
 
     names = [c.name for c in sized]
-    items = item_features(spark, cfg, out)
-    for c in sized:
-        if c.name not in examples.columns and c.name not in ITEM_LOOKUPS:
-            raise StageError(f"feature '{c.name}' is not in the examples table: was stage 'examples' run with this config?")
     rows = {}
     shards: dict[str, list[dict[str, object]]] = {}
 
@@ -526,8 +549,6 @@ def run_tfrecords(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, ou
         shards[split] = listed(split, res)
     item_cols = [c for c in sized if c.tower == "item" or c.name == C.ITEM_ID]
     norm = json.loads(Path(out, L.NORMALISATION).read_text())
-    items = zscore.apply(items, {k: v for k, v in norm.items() if k in items.columns})
-    items = _performance_vectors(items)
     last_day = cfg.window.validation_date
     for table in ("item_stats", "creator_stats"):
         st = _stats_as_of_previous_day(spark, input_dir, table, cfg)

@@ -70,7 +70,10 @@ def test_keys_follow_the_sections_each_stage_reads():
 
     assert changed(model={"head": "cosine", "epochs": 9}) == []
     assert stage_keys(dataclasses.replace(base, name="other", description="x"), INPUTS) == kb
-    assert changed(features={"user": ("user_id",)}) == ["tfrecords"]
+    # the examples carry the users' columns the towers use (features.user), nothing per item
+    assert changed(features={"user": ("user_id", "handset_maker", "activity_profile")}) == ["tfrecords"]
+    assert changed(features={"user": ("user_id", "handset_maker")}) == ["examples", "tfrecords"]
+    assert changed(features={"item": ("item_id",)}) == ["tfrecords"]
     assert changed(output={"tfrecord_shards": 7}) == ["tfrecords"]
     assert changed(history={"n": 5}) == ["examples", "tfrecords"]
     assert changed(sampling={"user_fraction": 0.5}) == ["examples", "tfrecords"]
