@@ -69,6 +69,6 @@ def stage_keys(cfg: ExperimentConfig, inputs: Mapping[str, Mapping[str, Any]]) -
             "sections": {s: d[s] for s in stage.sections},
             "derived": stage.derived(cfg),
             "code": code,
-            "inputs": {t: _content(inputs.get(t)) for t in stage.inputs},
+            "inputs": {t: _content(inputs.get(t)) for t in stage.inputs_read(cfg)},
         })
     return keys

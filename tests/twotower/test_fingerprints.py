@@ -98,7 +98,13 @@ def test_keys_follow_the_inputs_each_stage_reads():
 
     assert changed("interactions", fingerprint="f1") == list(NAMES)
     assert changed("items", fingerprint="f1") == list(NAMES)
-    assert changed("users", fingerprint="f1") == ["examples", "tfrecords"]
+    assert changed("users", fingerprint="f1") == ["examples", "tfrecords"]  # features.user names handset_maker
+    # without the users' columns in features.user, the users table is not read: its fingerprint is not keyed
+    no_users = dataclasses.replace(base, features=dataclasses.replace(
+        base.features, user=tuple(c for c in base.features.user if c not in ("handset_maker", "activity_profile"))))
+    other_users = {**inputs, "users": {**inputs["users"], "fingerprint": "f1"}}
+    assert stage_keys(no_users, other_users) == stage_keys(no_users, inputs)
+    assert stage_keys(no_users, inputs)["examples"] != kb["examples"]
     assert changed("user_stats", fingerprint="f1") == ["examples", "tfrecords"]
     assert changed("creator_stats", fingerprint="f1") == ["examples", "tfrecords"]
     # what the data is, not where it lives: a moved input folder rebuilds nothing
