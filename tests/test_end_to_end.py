@@ -256,7 +256,7 @@ def test_statistics_are_those_of_the_day_before_normalised_with_train_statistics
 
 
 def test_with_the_validation_day_sampled_too_every_example_still_gets_its_users_statistics(spark, built, tmp_path):
-    # the user statistics are filtered to the users with example rows before their joins: with
+    # the user statistics and the users table are filtered to the users with example rows before their joins: with
     # sampling.validation that is the sampled users only (the fixture's run covers the default,
     # where every user's validation day stays); each example row still gets its D-1 row, z-scored
     import dataclasses
@@ -277,6 +277,10 @@ def test_with_the_validation_day_sampled_too_every_example_still_gets_its_users_
     assert any(r[C.SPLIT] == "validation" and r["prev"] is not None for r in rows)
     expected = [0.0 if r["prev"] is None else (r["prev"] - m) / s for r in rows]
     np.testing.assert_allclose([r["user_ctr"] for r in rows], expected, rtol=1e-5, atol=1e-5)
+    # the users table is filtered to the sampled users likewise: each example keeps its user's handset
+    handsets = dict(spark.read.parquet(str(root / "data" / "users")).select(C.USER_ID, C.HANDSET_MAKER).collect())
+    got = ex.select(C.USER_ID, C.HANDSET_MAKER).collect()
+    assert got and all(r[C.HANDSET_MAKER] is not None and r[C.HANDSET_MAKER] == handsets[r[C.USER_ID]] for r in got)
 
 
 def test_the_per_event_columns_of_both_tables_are_stored_without_a_dictionary(spark, built):

@@ -316,6 +316,9 @@ def run_examples(spark: SparkSession, cfg: ExperimentConfig, input_dir: str, out
         users = check_schema(users, USER_SCHEMA, "users").select(C.USER_ID, *users_cols)
         # a left join on user_id: a repeated user would copy that user's example rows
         check_unique(users, [C.USER_ID], f"users ({users_path})", rerun_from="examples")
+        # only the users with example rows can match: with `sampling.validation`, the sampled ones
+        # (the table has no day: without it, any user can have a validation-day row)
+        users = users.filter(of_example_users(cfg.sampling, F.lit(True)))
 
     def joined(item_part: DataFrame, df: DataFrame, *, with_users: bool = True) -> DataFrame:
         """``df`` (the examples, or the train counts per key) with the statistics, ``item_part``'s
