@@ -252,6 +252,9 @@ def ensure_data(spark, size: str, events: int) -> tuple[Path, dict[str, Any]]:
     return d, {"seconds": round(secs, 1), "cached": False, "interactions": rep["rows"]["interactions"], **{k: str(v) for k, v in params.items()}}
 
 
+VECTORED_IO = "spark.hadoop.parquet.hadoop.vectored.io.enabled"
+
+
 def load_exp08():
     from twotower.cli import load_config
 
@@ -701,7 +704,10 @@ def main() -> None:
     say("plan: " + "; ".join(f"{s} ({ev:,} events, {runs} run(s), ~{est / 60:.0f} min)" for s, ev, runs, est in plan)
         + f"; rough estimates (refined after each size), total ~{sum(p[3] for p in plan) / 60 + 3:.0f} min")
 
-    spark = build_session("twotower-bench", conf={"spark.ui.enabled": "true"})
+    # Parquet's vectored reads (Hadoop's readVectored, on by default) bypass the file system
+    # statistics that Spark's input bytes come from: about 0 bytes for any scan. Off, the stages'
+    # inputBytes are the files' sizes, and scans of the 10M tables take the same time (docs/scale.md)
+    spark = build_session("twotower-bench", conf={"spark.ui.enabled": "true", VECTORED_IO: "false"})
     cores = spark.sparkContext.defaultParallelism
     say(f"spark {spark.version}, local[{cores}], driver memory {spark.conf.get('spark.driver.memory', '?')}, UI {spark.sparkContext.uiWebUrl}")
     mem = PeakMemory()
@@ -711,7 +717,7 @@ def main() -> None:
                            "command": " ".join(sys.argv), "machine": machine(),
                            "settings": {"sizes": sizes, "compare_sizes": args.compare_sizes, "naive_window_cap": NAIVE_CAP, "runs": args.runs, "single_run_from": args.single_run_from, "config": cfg.name,
                                         "history": {"n": HISTORY_N, "aggregations": ["clusters"], "keep_lists": False},
-                                        "spark_conf": {k: spark.conf.get(k, None) for k in ("spark.driver.memory", "spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled")}},
+                                        "spark_conf": {k: spark.conf.get(k, None) for k in ("spark.driver.memory", "spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled", VECTORED_IO)}},
                            "sizes": {}}
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
