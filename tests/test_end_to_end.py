@@ -256,9 +256,10 @@ def test_statistics_are_those_of_the_day_before_normalised_with_train_statistics
 
 
 def test_with_the_validation_day_sampled_too_every_example_still_gets_its_users_statistics(spark, built, tmp_path):
-    # the user statistics and the users table are filtered to the users with example rows before their joins: with
-    # sampling.validation that is the sampled users only (the fixture's run covers the default,
-    # where every user's validation day stays); each example row still gets its D-1 row, z-scored
+    # the user statistics and the users table are filtered to the users with example rows before
+    # their joins: with sampling.validation that is the sampled users only (the fixture's run covers
+    # the default, where every user's validation day stays); each example row still gets its D-1
+    # row, z-scored
     import dataclasses
     import shutil
 

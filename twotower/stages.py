@@ -10,8 +10,8 @@ A stage's record names:
 - ``derived``: what it reads from other sections, as the pipeline reads it (a function of the
   config), so that two configs whose differences the stage never reads share its output;
 - ``inputs``: the input tables it can read (all are checked before a run);
-- ``reads``: those a config makes it read, when that depends on the config (a function of the
-  config; by default all of ``inputs``): only their fingerprints enter its key;
+- ``unread``: those of ``inputs`` a config leaves unread (a function of the config; by default
+  none): only the fingerprints of the others enter its key;
 - ``outputs``: what it writes under the features folder (``twotower_features.layout``).
 
 Stages run in table order and each reads what the ones before it wrote, so a stage's key chains
@@ -47,10 +47,11 @@ class Stage:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     derived: Callable[[ExperimentConfig], dict[str, Any]] = lambda cfg: {}
-    reads: Callable[[ExperimentConfig], tuple[str, ...]] | None = None
+    unread: Callable[[ExperimentConfig], tuple[str, ...]] = lambda cfg: ()
 
     def inputs_read(self, cfg: ExperimentConfig) -> tuple[str, ...]:
-        return self.inputs if self.reads is None else self.reads(cfg)
+        skipped = self.unread(cfg)
+        return tuple(t for t in self.inputs if t not in skipped)
 
 
 def _prepare_derived(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -72,9 +73,9 @@ def _examples_derived(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"user_columns": pipeline.user_columns(cfg)}
 
 
-def _examples_reads(cfg: ExperimentConfig) -> tuple[str, ...]:
+def _examples_unread(cfg: ExperimentConfig) -> tuple[str, ...]:
     # the users table is read only for the users' columns the towers use
-    return ((C.USERS,) if pipeline.user_columns(cfg) else ()) + tuple(C.STATS_TABLES)
+    return () if pipeline.user_columns(cfg) else (C.USERS,)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -94,7 +95,7 @@ STAGES: tuple[Stage, ...] = (
         "examples", "Stages 5, 6, 8: user sampling, point-in-time histories, rebalancing, statistics, tower features.",
         pipeline.run_examples, ("sampling", "history", "stats"), (C.USERS, *C.STATS_TABLES),
         (L.EXAMPLES, L.NORMALISATION, L.report("examples")),
-        _examples_derived, _examples_reads,
+        _examples_derived, _examples_unread,
     ),
     Stage(
         "tfrecords", "Stage 9: vocabularies, feature_spec.json, sharded TFRecords and the manifest.",
